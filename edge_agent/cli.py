@@ -1,0 +1,177 @@
+"""The technician's command line: `edge-agent --help`."""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import json
+import logging
+import sys
+from pathlib import Path
+
+from . import __version__
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
+
+
+def _load_config(path: str):  # noqa: ANN202
+    from .config import ConfigError, load_config
+
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"{path}: invalid configuration:\n{exc}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+    except OSError as exc:
+        print(f"{path}: cannot read: {exc.strerror}", file=sys.stderr)
+        raise SystemExit(EXIT_CONFIG) from None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    config = _load_config(args.config)
+    logging.basicConfig(level=args.log_level or config.log_level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .site import Site
+
+    asyncio.run(Site(config).run())
+    return EXIT_OK
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load_config(args.file)
+    if args.json:
+        print(json.dumps({"ok": True, "gateway_id": config.gateway_id,
+                          "chargers": [c.evse_id for c in config.chargers],
+                          "readers": len(config.readers)}))
+    else:
+        print(f"{args.file}: OK (gateway {config.gateway_id}, {len(config.chargers)} charger(s), "
+              f"{len(config.readers)} reader(s))")
+    return EXIT_OK
+
+
+def cmd_price(args: argparse.Namespace) -> int:
+    from .pricing import TariffError, price_cdr
+
+    try:
+        tariff = json.loads(Path(args.tariff).read_text(encoding="utf-8"))
+        cdr = json.loads(Path(args.cdr).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        print(f"cannot read input: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cost = price_cdr(tariff, cdr, tz=args.tz)
+    except (TariffError, ValueError, KeyError) as exc:
+        print(f"cannot price: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    result = cost.to_json()
+    print(json.dumps({"currency": result["currency"], "excl_vat": result["excl_vat"],
+                      "incl_vat": result["incl_vat"]}))
+    return EXIT_OK
+
+
+def _open_store(args: argparse.Namespace):  # noqa: ANN202
+    from .store import Store
+
+    data_dir = args.data_dir or _load_config(args.config).data_dir
+    if not (Path(data_dir) / "edge-agent.db").exists():
+        print(f"no database in {data_dir}", file=sys.stderr)
+        raise SystemExit(EXIT_FAILURE)
+    return Store(data_dir, read_only=True)
+
+
+SESSION_FIELDS = ["id", "evse_id", "status", "user_id", "user_name", "group", "token", "auth", "started_at",
+                  "ended_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "charging_s", "parking_s",
+                  "reason", "tariff_id", "tariffs_version", "offline_start"]
+
+
+def cmd_sessions(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        sessions = store.sessions(limit=args.limit)
+    rows = []
+    for s in sessions:
+        row = {f: getattr(s, f) for f in SESSION_FIELDS}
+        cost = json.loads(s.cost) if s.cost else {}
+        row["currency"], row["excl_vat"], row["incl_vat"] = (cost.get("currency"), cost.get("excl_vat"),
+                                                             cost.get("incl_vat"))
+        rows.append(row)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    elif args.csv:
+        writer = csv.DictWriter(sys.stdout, fieldnames=[*SESSION_FIELDS, "currency", "excl_vat", "incl_vat"])
+        writer.writeheader()
+        writer.writerows(rows)
+    else:
+        print(f"{'started (UTC)':20} {'EVSE':5} {'status':7} {'user':22} {'kWh':>8} {'price':>10}  reason")
+        for r in rows:
+            kwh = f"{r['energy_wh'] / 1000:.3f}" if r["energy_wh"] is not None else "-"
+            price = f"{r['incl_vat']} {r['currency'] or ''}".strip() if r["incl_vat"] is not None else "-"
+            who = (r["user_name"] or r["user_id"] or r["token"] or "-")[:22]
+            print(f"{r['started_at'][:19]:20} {r['evse_id']:5} {r['status']:7} {who:22} {kwh:>8} "
+                  f"{price:>10}  {r['reason'] or ''}")
+    return EXIT_OK
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    with _open_store(args) as store:
+        events = store.pending_events(limit=args.limit)
+        pending = store.outbox_pending()
+        seq = store.counter("seq")
+    if args.json:
+        print(json.dumps({"pending": pending, "last_seq": seq, "events": [json.loads(e.body) for e in events]}))
+        return EXIT_OK
+    print(f"{pending} event(s) waiting for the cloud's acknowledgement; last seq {seq}")
+    for e in events:
+        body = json.loads(e.body)
+        print(f"  #{e.seq:<6} {e.type:16} {body['ts']}  offline={body['offline']}")
+    return EXIT_OK
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="edge-agent", description=(
+        "EV charging site gateway: reads RFID cards, drives chargers over Modbus, prices and "
+        "records every session, and syncs with the cloud over MQTT."))
+    parser.add_argument("--version", action="version", version=f"edge-agent {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the agent in the foreground (systemd runs this)")
+    run.add_argument("--config", required=True, help="site configuration file (YAML)")
+    run.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    run.set_defaults(func=cmd_run)
+
+    config = sub.add_parser("config", help="check a site configuration")
+    config_sub = config.add_subparsers(dest="config_command", required=True, metavar="ACTION")
+    check = config_sub.add_parser("check", help="validate FILE; exit 3 with every error named by key and line")
+    check.add_argument("file")
+    check.add_argument("--json", action="store_true")
+    check.set_defaults(func=cmd_config_check)
+
+    price = sub.add_parser("price", help="price one OCPI CDR with one OCPI tariff")
+    price.add_argument("--tariff", required=True, help="OCPI 2.2.1 Tariff JSON file")
+    price.add_argument("--cdr", required=True, help="OCPI CDR JSON file")
+    price.add_argument("--tz", default="UTC", help="site time zone for time restrictions (default UTC)")
+    price.set_defaults(func=cmd_price)
+
+    for name, func, text in (("sessions", cmd_sessions, "list sessions (table, --csv or --json)"),
+                             ("outbox", cmd_outbox, "show events not yet acknowledged by the cloud")):
+        p = sub.add_parser(name, help=text)
+        where = p.add_mutually_exclusive_group(required=True)
+        where.add_argument("--config", help="site configuration (its data_dir is read)")
+        where.add_argument("--data-dir", help="the agent's data directory")
+        p.add_argument("--limit", type=int, default=None if name == "sessions" else 50)
+        p.add_argument("--json", action="store_true")
+        if name == "sessions":
+            p.add_argument("--csv", action="store_true")
+        p.set_defaults(func=func)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except KeyboardInterrupt:
+        return EXIT_FAILURE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,174 @@
+"""The MQTT connection: one paho client driven by a thread of our own.
+
+paho's own reconnect has no jitter and its queue lives in RAM, so this class owns the
+connect/backoff loop and publishes nothing while disconnected: durability is the
+outbox's job, not paho's.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import paho.mqtt.client as mqtt
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+
+log = logging.getLogger("edge_agent.cloud")
+
+
+@dataclass(frozen=True, slots=True)
+class Inbound:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(frozen=True, slots=True)
+class TlsFiles:
+    ca_file: str | None
+    cert_file: str | None = None
+    key_file: str | None = None
+
+
+class MqttLink:
+    """Callbacks (`on_connected`, `on_disconnected`, `on_message`, `on_published`) run on
+    the asyncio loop given to start(), never on paho's thread."""
+
+    def __init__(self, *, client_id: str, host: str, port: int, keepalive_s: int = 30,
+                 will_topic: str, will_payload: bytes, subscriptions: list[str],
+                 session_expiry_s: int = 86400, reconnect_max_s: float = 60.0,
+                 tls: TlsFiles | None = None, username: str | None = None,
+                 password: str | None = None,
+                 on_connected: Callable[[bool], None] = lambda session_present: None,
+                 on_disconnected: Callable[[str], None] = lambda reason: None,
+                 on_message: Callable[[Inbound], None] = lambda message: None,
+                 on_published: Callable[[int], None] = lambda mid: None) -> None:
+        self._host, self._port, self._keepalive = host, port, keepalive_s
+        self._subscriptions = subscriptions
+        self._session_expiry_s = session_expiry_s
+        self._reconnect_max_s = reconnect_max_s
+        self._callbacks = (on_connected, on_disconnected, on_message, on_published)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.connected = False
+        self._last_error: str | None = None
+        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=mqtt.MQTTv5)
+        client.max_inflight_messages_set(20)  # the broker's ReceiveMaximum; faster than more
+        will_props = Properties(PacketTypes.WILLMESSAGE)
+        client.will_set(will_topic, will_payload, qos=1, retain=True, properties=will_props)
+        if tls is not None:
+            client.tls_set(ca_certs=tls.ca_file, certfile=tls.cert_file, keyfile=tls.key_file,
+                           cert_reqs=ssl.CERT_REQUIRED)
+        if username is not None:
+            client.username_pw_set(username, password)
+        client.on_connect = self._paho_connect
+        client.on_disconnect = self._paho_disconnect
+        client.on_message = self._paho_message
+        client.on_publish = self._paho_publish
+        self._client = client
+
+    # -- lifetime ---------------------------------------------------------------------
+
+    def start(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._thread = threading.Thread(target=self._run, name="mqtt-link", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self.connected:
+            try:
+                self._client.disconnect()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                pass
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        attempt = 0
+        while not self._stop.is_set():
+            try:
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = self._session_expiry_s
+                # clean_start must be False explicitly: paho's default wipes the session on the first connect.
+                self._client.connect(self._host, self._port, self._keepalive, clean_start=False,
+                                     properties=props)
+                while not self._stop.is_set():
+                    rc = self._client.loop(timeout=0.2)
+                    if rc != mqtt.MQTT_ERR_SUCCESS:
+                        self._report_error(f"connection lost ({mqtt.error_string(rc)})")
+                        break
+                    if self.connected:
+                        attempt = 0
+            except (OSError, ssl.SSLError, mqtt.WebsocketConnectionError) as exc:
+                self._report_error(f"cannot connect to {self._host}:{self._port}: {exc}")
+            if self.connected:
+                self._set_disconnected("connection lost")
+            try:
+                self._client.disconnect()
+            except Exception:  # noqa: BLE001
+                pass
+            if self._stop.is_set():
+                break
+            attempt += 1
+            # Capped exponential backoff with full jitter, so a site's gateways don't reconnect in lockstep.
+            delay = random.uniform(0.2, min(self._reconnect_max_s, 0.5 * 2 ** min(attempt, 10)))
+            self._stop.wait(delay)
+
+    def _report_error(self, message: str) -> None:
+        if message != self._last_error:
+            log.warning("cloud link: %s", message)
+            self._last_error = message
+
+    # -- publishing -------------------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes | str, *, qos: int = 1, retain: bool = False) -> int | None:
+        """Returns the message id, or None when not connected (nothing is queued in RAM)."""
+        if not self.connected:
+            return None
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            return None
+        return info.mid
+
+    # -- paho callbacks (paho's thread) ----------------------------------------------
+
+    def _call(self, index: int, *args: object) -> None:
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self._callbacks[index], *args)
+
+    def _paho_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
+                      reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        if reason_code.is_failure:
+            self._report_error(f"broker refused the connection: {reason_code}")
+            return
+        self.connected = True
+        self._last_error = None
+        log.info("cloud link up (%s:%s, session present: %s)", self._host, self._port,
+                 flags.session_present)
+        client.subscribe([(topic, 1) for topic in self._subscriptions])
+        self._call(0, bool(flags.session_present))
+
+    def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
+                         reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        if self.connected:
+            self._set_disconnected(str(reason_code))
+
+    def _set_disconnected(self, reason: str) -> None:
+        self.connected = False
+        log.warning("cloud link down: %s", reason)
+        self._call(1, reason)
+
+    def _paho_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        self._call(2, Inbound(message.topic, message.payload, bool(message.retain)))
+
+    def _paho_publish(self, client: mqtt.Client, userdata: object, mid: int,
+                      reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+        self._call(3, mid)

@@ -1,0 +1,242 @@
+"""Checks for everything the cloud sends. A bad payload raises PayloadError naming the field;
+a list with one bad entry is rejected whole."""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from ..clock import parse_rfc3339
+from ..tokens import InvalidToken, normalize_uid
+
+MAX_PAYLOAD_BYTES = 16 * 1024 * 1024 + 65536
+
+
+class PayloadError(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        super().__init__(f"{field}: {message}" if field else message)
+
+
+def parse_json_object(payload: bytes) -> dict[str, Any]:
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        raise PayloadError("", f"payload of {len(payload)} bytes is larger than {MAX_PAYLOAD_BYTES}")
+    try:
+        value = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise PayloadError("", f"not valid UTF-8 JSON ({exc})") from None
+    if not isinstance(value, dict):
+        raise PayloadError("", f"must be a JSON object, got {type(value).__name__}")
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not JSON", name, 0)
+
+
+def _require(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str = "") -> Any:
+    where = f"{path}.{key}" if path else key
+    if key not in obj:
+        raise PayloadError(where, "missing")
+    value = obj[key]
+    if isinstance(value, bool) and kind in (int, float, (int, float)):
+        raise PayloadError(where, "must be a number, got a boolean")
+    if not isinstance(value, kind):
+        raise PayloadError(where, f"wrong type {type(value).__name__}")
+    return value
+
+
+def _optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path: str = "") -> Any:
+    if obj.get(key) is None:
+        return None
+    return _require(obj, key, kind, path)
+
+
+def _version(obj: dict[str, Any], key: str = "version") -> int:
+    value = _require(obj, key, int)
+    if value < 1:
+        raise PayloadError(key, f"must be an integer >= 1, got {value}")
+    return value
+
+
+def _time(obj: dict[str, Any], key: str, path: str = "") -> datetime | None:
+    text = _optional(obj, key, str, path)
+    if text is None:
+        return None
+    try:
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise PayloadError(f"{path}.{key}" if path else key, str(exc)) from None
+
+
+# -- users ------------------------------------------------------------------------------
+
+def check_user(user: Any, path: str) -> dict[str, Any]:
+    if not isinstance(user, dict):
+        raise PayloadError(path, "must be an object")
+    user_id = _require(user, "id", str, path)
+    if not user_id:
+        raise PayloadError(f"{path}.id", "must not be empty")
+    tokens = _require(user, "tokens", list, path)
+    normalized = []
+    for i, uid in enumerate(tokens):
+        try:
+            normalized.append(normalize_uid(uid))
+        except InvalidToken as exc:
+            raise PayloadError(f"{path}.tokens[{i}]", str(exc)) from None
+    for key in ("name", "phone", "group"):
+        _optional(user, key, str, path)
+    blocked = user.get("blocked", False)
+    if not isinstance(blocked, bool):
+        raise PayloadError(f"{path}.blocked", "must be true or false")
+    valid_until = _time(user, "valid_until", path)
+    return {"id": user_id, "name": user.get("name"), "phone": user.get("phone"),
+            "group": user.get("group"), "tokens": normalized, "blocked": blocked,
+            "valid_until": valid_until.strftime("%Y-%m-%dT%H:%M:%SZ") if valid_until else None}
+
+
+@dataclass(frozen=True, slots=True)
+class UserList:
+    version: int
+    users: list[dict[str, Any]]
+
+
+def check_user_list(obj: dict[str, Any]) -> UserList:
+    version = _version(obj)
+    if "url" in obj and "users" not in obj:
+        raise PayloadError("url", "lists by URL are not supported by this release yet")
+    raw = _require(obj, "users", list)
+    users = [check_user(u, f"users[{i}]") for i, u in enumerate(raw)]
+    seen_users: set[str] = set()
+    owner: dict[str, str] = {}
+    for i, user in enumerate(users):
+        if user["id"] in seen_users:
+            raise PayloadError(f"users[{i}].id", f"duplicate user id {user['id']!r}")
+        seen_users.add(user["id"])
+        for uid in user["tokens"]:
+            if uid in owner:
+                raise PayloadError(f"users[{i}].tokens", f"token {uid} also belongs to {owner[uid]!r}")
+            owner[uid] = user["id"]
+    return UserList(version, users)
+
+
+# -- tariffs ----------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class TariffList:
+    version: int
+    body: dict[str, Any]
+
+
+def check_tariff_list(obj: dict[str, Any]) -> TariffList:
+    from ..pricing import TariffError, parse_tariff
+
+    version = _version(obj)
+    tariffs = _require(obj, "tariffs", list)
+    ids = set()
+    for i, tariff in enumerate(tariffs):
+        if not isinstance(tariff, dict):
+            raise PayloadError(f"tariffs[{i}]", "must be an object")
+        try:
+            parsed = parse_tariff(tariff)
+        except TariffError as exc:
+            raise PayloadError(f"tariffs[{i}]", str(exc)) from None
+        if parsed.id in ids:
+            raise PayloadError(f"tariffs[{i}].id", f"duplicate tariff id {parsed.id!r}")
+        ids.add(parsed.id)
+    groups = obj.get("groups") or {}
+    if not isinstance(groups, dict):
+        raise PayloadError("groups", "must be an object of group -> tariff id")
+    for group, tariff_id in groups.items():
+        if tariff_id not in ids:
+            raise PayloadError(f"groups.{group}", f"names unknown tariff {tariff_id!r}")
+    default = _optional(obj, "default", str)
+    if default is not None and default not in ids:
+        raise PayloadError("default", f"names unknown tariff {default!r}")
+    return TariffList(version, {"version": version, "groups": groups, "default": default,
+                                "tariffs": tariffs})
+
+
+# -- commands ---------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Command:
+    name: str
+    request_id: str
+    expires_at: datetime | None
+    fields: dict[str, Any]
+
+
+COMMANDS = ("start", "stop", "set_availability", "resync", "set_site_limit")
+
+
+def check_request_id(obj: dict[str, Any]) -> str:
+    request_id = _require(obj, "request_id", str)
+    if not request_id or len(request_id) > 200:
+        raise PayloadError("request_id", "must be 1..200 characters")
+    return request_id
+
+
+def check_command(name: str, obj: dict[str, Any]) -> Command:
+    request_id = check_request_id(obj)
+    expires_at = _time(obj, "expires_at")
+    if name not in COMMANDS:
+        raise PayloadError("", f"unknown command {name!r} (known: {', '.join(COMMANDS)})")
+    fields: dict[str, Any] = {}
+    if name == "start":
+        fields["evse_id"] = _require(obj, "evse_id", str)
+        fields["user_id"] = _require(obj, "user_id", str)
+    elif name == "stop":
+        fields["evse_id"] = _optional(obj, "evse_id", str)
+        fields["session_id"] = _optional(obj, "session_id", str)
+        if fields["evse_id"] is None and fields["session_id"] is None:
+            raise PayloadError("evse_id", "stop needs evse_id or session_id")
+    elif name == "set_availability":
+        fields["evse_id"] = _require(obj, "evse_id", str)
+        fields["available"] = _require(obj, "available", bool)
+    elif name == "resync":
+        what = _require(obj, "what", str)
+        if what not in ("users", "tariffs", "all"):
+            raise PayloadError("what", f"must be users, tariffs or all, got {what!r}")
+        fields["what"] = what
+    elif name == "set_site_limit":
+        amps = _require(obj, "max_current_a", (int, float))
+        if not math.isfinite(amps) or amps < 0:
+            raise PayloadError("max_current_a", f"must be a finite number >= 0, got {amps}")
+        fields["max_current_a"] = float(amps)
+        fields["until"] = _time(obj, "until")
+    return Command(name, request_id, expires_at, fields)
+
+
+# -- acks and online authorization -------------------------------------------------------
+
+def check_ack(obj: dict[str, Any]) -> list[str]:
+    ids = _require(obj, "ids", list)
+    for i, event_id in enumerate(ids):
+        if not isinstance(event_id, str):
+            raise PayloadError(f"ids[{i}]", "must be a string")
+    return ids
+
+
+@dataclass(frozen=True, slots=True)
+class AuthResponse:
+    request_id: str
+    status: str
+    user: dict[str, Any] | None
+
+
+def check_auth_response(obj: dict[str, Any]) -> AuthResponse:
+    request_id = check_request_id(obj)
+    status = _require(obj, "status", str)
+    if status not in ("accepted", "blocked", "unknown"):
+        raise PayloadError("status", f"must be accepted, blocked or unknown, got {status!r}")
+    user = obj.get("user")
+    if user is not None:
+        if not isinstance(user, dict):
+            raise PayloadError("user", "must be an object or null")
+        user = dict(user)
+        user.setdefault("tokens", [])
+        user = check_user(user, "user")
+    return AuthResponse(request_id, status, user)

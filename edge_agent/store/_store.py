@@ -1,0 +1,321 @@
+from __future__ import annotations
+
+import json
+import sqlite3
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlite_utils import Database
+
+from ._schema import migrate
+
+DB_FILE = "edge-agent.db"
+
+
+class StoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class UserRecord:
+    id: str
+    name: str | None
+    phone: str | None
+    group: str | None
+    blocked: bool
+    valid_until: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """An event as it sits in the outbox: `body` is the exact JSON sent, every time."""
+
+    seq: int
+    id: str
+    type: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class CommandResult:
+    request_id: str
+    body: str
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    id: str
+    evse_id: str
+    status: str
+    token: str | None
+    user_id: str | None
+    group: str | None
+    user_name: str | None
+    auth: str
+    started_at: str
+    meter_start_wh: int
+    tariff_id: str | None
+    tariffs_version: int | None
+    offline_start: bool
+    clock_synced: bool
+    ended_at: str | None = None
+    meter_stop_wh: int | None = None
+    energy_wh: int | None = None
+    charging_s: int | None = None
+    parking_s: int | None = None
+    reason: str | None = None
+    cost: str | None = None
+
+    def started_event_data(self) -> dict[str, Any]:
+        return {
+            "session_id": self.id,
+            "evse_id": self.evse_id,
+            "token": self.token,
+            "user_id": self.user_id,
+            "group": self.group,
+            "auth": self.auth,
+            "started_at": self.started_at,
+            "meter_start_wh": self.meter_start_wh,
+            "tariff_id": self.tariff_id,
+            "tariffs_version": self.tariffs_version,
+        }
+
+
+_SESSION_COLUMNS = [f for f in SessionRecord.__dataclass_fields__]
+
+
+class Store:
+    """Synchronous; used from the agent's event loop thread only (one writer)."""
+
+    def __init__(self, data_dir: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(data_dir) / DB_FILE
+        if read_only:
+            conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
+                                   check_same_thread=False)
+        else:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        conn.execute("PRAGMA busy_timeout = 5000")
+        self.db = Database(conn)
+        if not read_only:
+            conn.execute("PRAGMA journal_mode = WAL")
+            # FULL: a committed session survives a power cut (an SD card loses the WAL tail otherwise).
+            conn.execute("PRAGMA synchronous = FULL")
+            migrate(conn, str(self.path))
+
+    def close(self) -> None:
+        self.db.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        with self.db.atomic():
+            yield
+
+    # -- counters and list versions ------------------------------------------------
+
+    def _next_counter(self, name: str) -> int:
+        self.db.execute(
+            "INSERT INTO counters(name, value) VALUES (?, 1) "
+            "ON CONFLICT(name) DO UPDATE SET value = value + 1", [name])
+        return int(self.db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
+
+    def counter(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()
+        return int(row[0]) if row else 0
+
+    def list_version(self, name: str) -> int:
+        row = self.db.execute("SELECT version FROM list_versions WHERE name = ?", [name]).fetchone()
+        return int(row[0]) if row else 0
+
+    def _set_list_version(self, name: str, version: int) -> None:
+        self.db.execute(
+            "INSERT INTO list_versions(name, version) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET version = excluded.version", [name, version])
+
+    def forget_list_version(self, name: str) -> None:
+        """`resync`: the next full list is applied whatever its version."""
+        self._set_list_version(name, 0)
+
+    # -- users -----------------------------------------------------------------------
+
+    def replace_users(self, version: int, users: Sequence[dict[str, Any]]) -> None:
+        """Atomic: a crash half-way leaves the old list, never a mix."""
+        with self.transaction():
+            self.db.execute("DELETE FROM tokens")
+            self.db.execute("DELETE FROM users")
+            self.db.conn.executemany(
+                'INSERT INTO users(id, name, phone, "group", blocked, valid_until) VALUES (?,?,?,?,?,?)',
+                ((u["id"], u.get("name"), u.get("phone"), u.get("group"), int(bool(u.get("blocked"))),
+                  u.get("valid_until")) for u in users))
+            self.db.conn.executemany(
+                "INSERT INTO tokens(uid, user_id) VALUES (?, ?)",
+                ((uid, u["id"]) for u in users for uid in u["tokens"]))
+            self._set_list_version("users", version)
+
+    def find_token(self, uid: str) -> UserRecord | None:
+        row = self.db.execute(
+            'SELECT u.id, u.name, u.phone, u."group", u.blocked, u.valid_until FROM tokens t '
+            "JOIN users u ON u.id = t.user_id WHERE t.uid = ?", [uid]).fetchone()
+        return _user(row) if row else None
+
+    def find_user(self, user_id: str) -> UserRecord | None:
+        row = self.db.execute(
+            'SELECT id, name, phone, "group", blocked, valid_until FROM users WHERE id = ?',
+            [user_id]).fetchone()
+        return _user(row) if row else None
+
+    def user_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM users").fetchone()[0])
+
+    # -- tariffs ---------------------------------------------------------------------
+
+    def replace_tariffs(self, version: int, body: dict[str, Any]) -> None:
+        with self.transaction():
+            self.db.execute("INSERT OR REPLACE INTO tariff_lists(version, body) VALUES (?, ?)",
+                            [version, json.dumps(body, separators=(",", ":"))])
+            self._set_list_version("tariffs", version)
+            # Keep the lists that still price a running session; drop the others.
+            self.db.execute(
+                "DELETE FROM tariff_lists WHERE version <> ? AND version NOT IN "
+                "(SELECT tariffs_version FROM sessions WHERE status = 'active' AND tariffs_version IS NOT NULL)",
+                [version])
+
+    def tariff_list(self, version: int | None = None) -> dict[str, Any] | None:
+        if version is None:
+            version = self.list_version("tariffs")
+        row = self.db.execute("SELECT body FROM tariff_lists WHERE version = ?", [version]).fetchone()
+        return json.loads(row[0]) if row else None
+
+    # -- outbox ----------------------------------------------------------------------
+
+    def _append_event(self, type_: str, data: dict[str, Any], *, ts: str, offline: bool) -> Envelope:
+        seq = self._next_counter("seq")
+        event_id = str(uuid.uuid4())
+        body = json.dumps({"id": event_id, "seq": seq, "type": type_, "ts": ts, "offline": offline,
+                           "data": data}, separators=(",", ":"))
+        self.db.execute("INSERT INTO outbox(seq, id, type, body) VALUES (?, ?, ?, ?)",
+                        [seq, event_id, type_, body])
+        return Envelope(seq, event_id, type_, body)
+
+    def append_event(self, type_: str, data: dict[str, Any], *, ts: str, offline: bool) -> Envelope:
+        with self.transaction():
+            return self._append_event(type_, data, ts=ts, offline=offline)
+
+    def pending_events(self, *, after_seq: int = 0, limit: int = 100) -> list[Envelope]:
+        rows = self.db.execute(
+            "SELECT seq, id, type, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
+            [after_seq, limit]).fetchall()
+        return [Envelope(*row) for row in rows]
+
+    def acknowledge(self, event_ids: Iterable[str]) -> list[int]:
+        """Removes acknowledged events; returns the seqs that were still pending."""
+        ids = list(event_ids)
+        if not ids:
+            return []
+        removed: list[int] = []
+        with self.transaction():
+            for chunk_start in range(0, len(ids), 500):
+                chunk = ids[chunk_start:chunk_start + 500]
+                marks = ",".join("?" * len(chunk))
+                removed += [r[0] for r in self.db.execute(
+                    f"SELECT seq FROM outbox WHERE id IN ({marks})", chunk).fetchall()]
+                self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
+        return removed
+
+    def outbox_pending(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
+
+    # -- sessions --------------------------------------------------------------------
+
+    def start_session(self, record: SessionRecord, *, ts: str, offline: bool) -> Envelope:
+        """The session row and its session_started event land in one transaction."""
+        with self.transaction():
+            row = {name: getattr(record, name) for name in _SESSION_COLUMNS}
+            row["offline_start"] = int(record.offline_start)
+            row["clock_synced"] = int(record.clock_synced)
+            self.db["sessions"].insert(row)
+            return self._append_event("session_started", record.started_event_data(), ts=ts,
+                                      offline=offline)
+
+    def add_sample(self, session_id: str, *, ts: str, energy_wh: int, power_w: int | None,
+                   current_a: Sequence[float] | None, charging: bool) -> None:
+        self.db.execute(
+            "INSERT INTO samples(session_id, ts, energy_wh, power_w, current_a, charging) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            [session_id, ts, energy_wh, power_w, json.dumps(list(current_a)) if current_a else None,
+             int(charging)])
+
+    def samples(self, session_id: str) -> list[dict[str, Any]]:
+        rows = self.db.execute(
+            "SELECT ts, energy_wh, power_w, current_a, charging FROM samples WHERE session_id = ? "
+            "ORDER BY rowid", [session_id]).fetchall()
+        return [{"ts": r[0], "energy_wh": r[1], "power_w": r[2],
+                 "current_a": json.loads(r[3]) if r[3] else None, "charging": bool(r[4])} for r in rows]
+
+    def end_session(self, session_id: str, *, ended: dict[str, Any], event_data: dict[str, Any],
+                    ts: str, offline: bool) -> Envelope:
+        """Closes the session and queues session_ended in one transaction; ends it only once."""
+        with self.transaction():
+            status = self.db.execute("SELECT status FROM sessions WHERE id = ?", [session_id]).fetchone()
+            if status is None or status[0] != "active":
+                raise StoreError(f"session {session_id} is not active")
+            columns = ", ".join(f'"{k}" = ?' for k in ended)
+            self.db.execute(f"UPDATE sessions SET status = 'ended', {columns} WHERE id = ?",
+                            [*ended.values(), session_id])
+            return self._append_event("session_ended", event_data, ts=ts, offline=offline)
+
+    def active_sessions(self) -> list[SessionRecord]:
+        return self.sessions(where="status = 'active'")
+
+    def sessions(self, *, where: str = "1", params: Sequence[Any] = (), limit: int | None = None
+                 ) -> list[SessionRecord]:
+        cols = ", ".join(f'"{c}"' for c in _SESSION_COLUMNS)
+        sql = f"SELECT {cols} FROM sessions WHERE {where} ORDER BY started_at"
+        if limit:
+            sql += f" LIMIT {int(limit)}"
+        out = []
+        for row in self.db.execute(sql, list(params)).fetchall():
+            values = dict(zip(_SESSION_COLUMNS, row))
+            values["offline_start"] = bool(values["offline_start"])
+            values["clock_synced"] = bool(values["clock_synced"])
+            out.append(SessionRecord(**values))
+        return out
+
+    # -- commands and settings -------------------------------------------------------
+
+    def command_result(self, request_id: str) -> CommandResult | None:
+        row = self.db.execute("SELECT request_id, body FROM command_results WHERE request_id = ?",
+                              [request_id]).fetchone()
+        return CommandResult(*row) if row else None
+
+    def save_command_result(self, request_id: str, body: str, *, answered_at: str) -> None:
+        self.db.execute("INSERT OR REPLACE INTO command_results(request_id, body, answered_at) "
+                        "VALUES (?, ?, ?)", [request_id, body, answered_at])
+
+    def evse_available(self, evse_id: str) -> bool:
+        row = self.db.execute("SELECT available FROM evse_settings WHERE evse_id = ?", [evse_id]).fetchone()
+        return bool(row[0]) if row else True
+
+    def set_evse_available(self, evse_id: str, available: bool) -> None:
+        self.db.execute(
+            "INSERT INTO evse_settings(evse_id, available) VALUES (?, ?) "
+            "ON CONFLICT(evse_id) DO UPDATE SET available = excluded.available",
+            [evse_id, int(available)])
+
+    def integrity_check(self) -> str:
+        return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+
+def _user(row: Sequence[Any]) -> UserRecord:
+    return UserRecord(id=row[0], name=row[1], phone=row[2], group=row[3], blocked=bool(row[4]),
+                      valid_until=row[5])

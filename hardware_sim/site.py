@@ -1,0 +1,217 @@
+"""A whole simulated site on real parts, for the tests and the demo.
+
+mosquitto broker, a Bender CC613 on Modbus TCP, a Heidelberg Energy Control on Modbus RTU over a
+socat pseudo-terminal, one RDM6300 reader per EVSE on its own pty, the simulated cloud, and the
+agent itself as a separate process (so it can be SIGKILLed).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from .broker import MosquittoBroker
+from .chargers import SimCharger, SimChargerThread
+from .cloud import SimCloud
+from .pty import SocatPair
+from .rdm6300 import SimRdm6300
+
+RESIDENTS = [
+    {"id": "u-1001", "name": "Kari Nordmann", "phone": "+4791234567", "group": "residents",
+     "tokens": ["04A2B3C4D5"], "blocked": False, "valid_until": None},
+    {"id": "u-1002", "name": "Ola Hansen", "group": "residents", "tokens": ["0A1B2C3D4E"]},
+    {"id": "u-1003", "name": "Ingrid Berg", "group": "guests", "tokens": ["1122334455"]},
+    {"id": "u-1004", "name": "Per Blocked", "group": "residents", "tokens": ["DEADBEEF01"], "blocked": True},
+]
+UNKNOWN_TOKEN = "9988776655"
+
+TARIFFS = {
+    "groups": {"residents": "T-RES", "guests": "T-GUEST"},
+    "default": "T-GUEST",
+    "tariffs": [
+        {"id": "T-RES", "currency": "NOK", "country_code": "NO", "party_id": "COO",
+         "last_updated": "2026-01-01T00:00:00Z",
+         "elements": [{"price_components": [{"type": "ENERGY", "price": 2.0, "vat": 25.0, "step_size": 1}]}]},
+        {"id": "T-GUEST", "currency": "NOK", "country_code": "NO", "party_id": "COO",
+         "last_updated": "2026-01-01T00:00:00Z",
+         "elements": [{"price_components": [
+             {"type": "FLAT", "price": 10.0, "vat": 25.0, "step_size": 1},
+             {"type": "ENERGY", "price": 3.5, "vat": 25.0, "step_size": 1},
+             {"type": "PARKING_TIME", "price": 60.0, "vat": 25.0, "step_size": 60}]}]},
+    ],
+}
+
+
+class SimulatedSite:
+    """Start with start(), stop with close(); or use it as a context manager."""
+
+    def __init__(self, workdir: str | Path, *, gateway_id: str = "gw-sim", speed: float = 60.0,
+                 offline_unknown: str = "reject", poll_interval_s: float = 0.2,
+                 ack_timeout_s: float = 5, meter_values_interval_s: float = 60,
+                 connect_timeout_s: float = 30, online_timeout_s: float = 1.0,
+                 log_level: str = "INFO") -> None:
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.gateway_id = gateway_id
+        self.speed = speed
+        self.settings = dict(offline_unknown=offline_unknown, poll_interval_s=poll_interval_s,
+                             ack_timeout_s=ack_timeout_s, meter_values_interval_s=meter_values_interval_s,
+                             connect_timeout_s=connect_timeout_s, online_timeout_s=online_timeout_s,
+                             log_level=log_level)
+        self.broker = MosquittoBroker(workdir=self.workdir / "broker")
+        self.rtu_bus = SocatPair(self.workdir / "rs485-agent", self.workdir / "rs485-sim",
+                                 log_path=self.workdir / "socat-rs485.log")
+        self.reader_ports = {
+            evse: SocatPair(self.workdir / f"reader{evse}-agent", self.workdir / f"reader{evse}-sim",
+                            log_path=self.workdir / f"socat-reader{evse}.log") for evse in ("1", "2")}
+        self.chargers = {"1": SimCharger("bender-cc613", speed=speed, energy_wh=1_000_000),
+                         "2": SimCharger("heidelberg-energy-control", unit=1, speed=speed, energy_wh=2_500_000)}
+        self.sims = SimChargerThread()
+        self.readers: dict[str, SimRdm6300] = {}
+        self.cloud: SimCloud | None = None
+        self.agent: subprocess.Popen[bytes] | None = None
+        self.config_path = self.workdir / "site.yaml"
+        self.data_dir = self.workdir / "data"
+        self.agent_log = self.workdir / "agent.log"
+        self._tcp_port: int | None = None
+
+    # -- lifetime ---------------------------------------------------------------------------
+
+    def start(self, *, agent: bool = True) -> SimulatedSite:
+        self.broker.start()
+        self.rtu_bus.start()
+        for pair in self.reader_ports.values():
+            pair.start()
+        self.sims.start()
+        self._tcp_port = self.sims.serve_tcp([self.chargers["1"]]).port
+        self.sims.serve_rtu([self.chargers["2"]], self.rtu_bus.b, 19200, parity="N")
+        self.readers = {evse: SimRdm6300(pair.b) for evse, pair in self.reader_ports.items()}
+        self.cloud = SimCloud(self.broker.host, self.broker.port, gateway_id=self.gateway_id)
+        self.cloud.wait_connected(10)
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+        if agent:
+            self.start_agent()
+        return self
+
+    def close(self) -> None:
+        self.stop_agent()
+        if self.cloud is not None:
+            self.cloud.close()
+        for reader in self.readers.values():
+            reader.close()
+        self.sims.stop()
+        for pair in [self.rtu_bus, *self.reader_ports.values()]:
+            pair.close()
+        self.broker.close()
+
+    def __enter__(self) -> SimulatedSite:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def config_text(self) -> str:
+        s = self.settings
+        return f"""\
+gateway_id: {self.gateway_id}
+timezone: Europe/Oslo
+data_dir: {self.data_dir}
+log_level: {s['log_level']}
+cloud:
+  host: {self.broker.host}
+  port: {self.broker.port}
+  ack_timeout_s: {s['ack_timeout_s']}
+  reconnect_max_s: 2
+authorization:
+  offline_unknown: {s['offline_unknown']}
+  online_timeout_s: {s['online_timeout_s']}
+  connect_timeout_s: {s['connect_timeout_s']}
+sessions:
+  poll_interval_s: {s['poll_interval_s']}
+  meter_values_interval_s: {s['meter_values_interval_s']}
+chargers:
+  - evse_id: "1"
+    model: bender-cc613
+    host: 127.0.0.1
+    port: {self._tcp_port}
+    max_current_a: 16
+    timeout_s: 0.5
+  - evse_id: "2"
+    model: heidelberg-energy-control
+    serial: {self.rtu_bus.a}
+    baudrate: 19200
+    parity: N                 # a pseudo-terminal takes no parity; the real bus is 8E1
+    unit: 1
+    max_current_a: 16
+    timeout_s: 0.5
+readers:
+  - driver: rdm6300
+    port: {self.reader_ports['1'].a}
+    evse_id: "1"
+  - driver: rdm6300
+    port: {self.reader_ports['2'].a}
+    evse_id: "2"
+"""
+
+    # -- the agent process ------------------------------------------------------------------
+
+    def start_agent(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        log = open(self.agent_log, "ab")  # noqa: SIM115 - the child owns it
+        self.agent = subprocess.Popen(
+            [sys.executable, "-m", "edge_agent", "run", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
+        log.close()
+
+    def kill_agent(self) -> None:
+        """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the gateway."""
+        if self.agent is not None and self.agent.poll() is None:
+            os.kill(self.agent.pid, signal.SIGKILL)
+            self.agent.wait()
+        self.agent = None
+
+    def stop_agent(self) -> None:
+        if self.agent is not None and self.agent.poll() is None:
+            self.agent.send_signal(signal.SIGTERM)
+            try:
+                self.agent.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill_agent()
+        self.agent = None
+
+    def agent_log_tail(self, lines: int = 40) -> str:
+        if not self.agent_log.exists():
+            return ""
+        return "\n".join(self.agent_log.read_text(errors="replace").splitlines()[-lines:])
+
+    # -- what the residents do ----------------------------------------------------------------
+
+    def publish_lists(self, *, users_version: int = 1, tariffs_version: int = 1,
+                      users: list[dict[str, Any]] | None = None) -> None:
+        assert self.cloud is not None
+        self.cloud.publish_users(users_version, users if users is not None else RESIDENTS)
+        self.cloud.publish_tariffs(tariffs_version, TARIFFS["groups"], TARIFFS["default"], TARIFFS["tariffs"])
+
+    def tap(self, evse_id: str, token: str) -> float:
+        """A card held to the reader for a moment; returns when the last frame was written."""
+        return self.readers[evse_id].present(token, repeats=2, interval_s=0.05)[-1]
+
+    def plug_and_charge(self, evse_id: str) -> None:
+        charger = self.chargers[evse_id]
+        charger.plug()
+        charger.set_ev_requesting(True)
+
+    def unplug(self, evse_id: str) -> None:
+        self.chargers[evse_id].unplug()
+
+    def wait(self, predicate: Any, timeout: float = 10.0, interval: float = 0.05) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(interval)
+        return bool(predicate())
