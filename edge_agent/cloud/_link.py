@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 log = logging.getLogger("edge_agent.cloud")
 
@@ -103,7 +104,8 @@ class MqttLink:
                 while not self._stop.is_set():
                     rc = self._client.loop(timeout=0.2)
                     if rc != mqtt.MQTT_ERR_SUCCESS:
-                        self._report_error(f"connection lost ({mqtt.error_string(rc)})")
+                        if self.connected:
+                            self._set_disconnected(mqtt.error_string(rc))
                         break
                     if self.connected:
                         attempt = 0
@@ -153,7 +155,9 @@ class MqttLink:
         self._last_error = None
         log.info("cloud link up (%s:%s, session present: %s)", self._host, self._port,
                  flags.session_present)
-        client.subscribe([(topic, 1) for topic in self._subscriptions])
+        # retainAsPublished: a command published retained must be recognisable as such, also live.
+        options = SubscribeOptions(qos=1, retainAsPublished=True)
+        client.subscribe([(topic, options) for topic in self._subscriptions])
         self._call(0, bool(flags.session_present))
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,

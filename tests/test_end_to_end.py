@@ -1,0 +1,202 @@
+"""The whole path on real parts: mosquitto, pymodbus servers over TCP and RTU (socat pty),
+RDM6300 readers on ptys, SQLite on disk, and the agent as its own process."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from hardware_sim.site import RESIDENTS, UNKNOWN_TOKEN, SimulatedSite
+
+KARI, OLA, PER_BLOCKED = "04A2B3C4D5", "0A1B2C3D4E", "DEADBEEF01"
+
+
+@pytest.fixture
+def site(tmp_path):
+    with SimulatedSite(tmp_path / "site", speed=60, poll_interval_s=0.2, ack_timeout_s=5) as s:
+        yield s
+
+
+def lists_applied(site: SimulatedSite) -> bool:
+    return site.cloud.wait_for(lambda: (site.cloud.state or {}).get("users_version") == 1
+                               and site.cloud.state.get("tariffs_version") == 1, 15)
+
+
+def unique(site: SimulatedSite, type_: str) -> list[dict]:
+    return sorted((e for e in site.cloud.unique_events if e["type"] == type_), key=lambda e: e["seq"])
+
+
+def register_wh(site: SimulatedSite, evse: str) -> int:
+    return int(site.chargers[evse].energy_wh)
+
+
+def charge_session(site: SimulatedSite, evse: str, token: str, *, seconds: float, stop: str) -> None:
+    """Tap, plug, charge, and end by unplugging or by tapping the same card again."""
+    site.tap(evse, token)
+    time.sleep(0.3)
+    site.plug_and_charge(evse)
+    assert site.wait(lambda: site.chargers[evse].state == "C", 10), site.agent_log_tail()
+    time.sleep(seconds)
+    if stop == "unplug":
+        site.unplug(evse)
+    else:
+        site.tap(evse, token)
+        assert site.wait(lambda: site.chargers[evse].state != "C", 10), site.agent_log_tail()
+        time.sleep(0.5)
+        site.unplug(evse)
+
+
+def test_online_then_offline_sessions_all_reach_the_cloud(site):
+    site.publish_lists()
+    assert lists_applied(site), site.agent_log_tail()
+
+    # Online: tap then plug on the Bender (Modbus TCP), unplug to end.
+    charge_session(site, "1", KARI, seconds=2, stop="unplug")
+    online_end = site.cloud.wait_event("session_ended", timeout=10)
+    assert online_end["offline"] is False
+    assert online_end["data"]["meter_stop_wh"] == register_wh(site, "1")
+
+    # The cloud goes away.
+    site.broker.stop()
+    assert site.wait(lambda: "cloud link down" in site.agent_log_tail(200), 10)
+    # Offline session on each charger: Heidelberg over RTU plug first then tap, end by tap.
+    site.plug_and_charge("2")
+    time.sleep(0.5)
+    site.tap("2", OLA)
+    assert site.wait(lambda: site.chargers["2"].state == "C", 10), site.agent_log_tail()
+    time.sleep(2)
+    site.tap("2", OLA)
+    assert site.wait(lambda: site.chargers["2"].state != "C", 10), site.agent_log_tail()
+    time.sleep(0.5)
+    site.unplug("2")
+    charge_session(site, "1", KARI, seconds=1.5, stop="unplug")
+    time.sleep(1.0)  # let the agent see the unplug before the next card
+    # A blocked card and an unknown card are refused offline.
+    site.tap("1", PER_BLOCKED)
+    time.sleep(2.5)  # a different card within the same reader's window is read anyway; keep them apart
+    site.tap("1", UNKNOWN_TOKEN)
+    time.sleep(1.0)
+    assert site.chargers["1"].state == "A"
+
+    site.broker.start()
+    assert site.cloud.wait_connected(15)
+    assert site.cloud.wait_for(lambda: len(unique(site, "session_ended")) == 3, 20), site.agent_log_tail()
+    assert site.cloud.wait_for(lambda: len(unique(site, "auth_rejected")) == 2, 10)
+    assert site.cloud.wait_for(lambda: (site.cloud.state or {}).get("outbox_pending") == 0, 15)
+
+    events = sorted(site.cloud.unique_events, key=lambda e: e["seq"])
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "seq has gaps"
+    ended = unique(site, "session_ended")
+    started = unique(site, "session_started")
+    assert [e["data"]["session_id"] for e in started] == [e["data"]["session_id"] for e in ended]
+    offline_ended = ended[1:]
+    assert all(e["offline"] for e in offline_ended) and all(e["offline"] for e in started[1:])
+    by_evse = {e["data"]["evse_id"]: e for e in offline_ended}
+    assert by_evse["1"]["data"]["meter_stop_wh"] == register_wh(site, "1")
+    assert by_evse["2"]["data"]["meter_stop_wh"] == register_wh(site, "2")
+    assert by_evse["2"]["data"]["reason"] == "local" and by_evse["1"]["data"]["reason"] == "ev_disconnected"
+    for e in ended:
+        d = e["data"]
+        assert d["energy_wh"] == d["meter_stop_wh"] - d["meter_start_wh"] > 0
+        # Residents pay 2.00 NOK/kWh + 25 % VAT, the exact energy, no rounding.
+        assert d["cost"]["tariff_id"] == "T-RES" and d["cost"]["currency"] == "NOK"
+        assert d["cost"]["excl_vat"] == pytest.approx(round(d["energy_wh"] * 2.0 / 1000, 4), abs=1e-9)
+        assert d["cost"]["incl_vat"] == pytest.approx(round(d["energy_wh"] * 2.5 / 1000, 4), abs=1e-9)
+    rejected = {e["data"]["token"]: e for e in unique(site, "auth_rejected")}
+    assert rejected[PER_BLOCKED]["data"]["reason"] == "blocked"
+    assert rejected[UNKNOWN_TOKEN]["data"]["reason"] == "offline_unknown"
+    assert all(e["offline"] for e in rejected.values())
+
+    out = subprocess.run([sys.executable, "-m", "edge_agent", "outbox", "--data-dir", str(site.data_dir),
+                          "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout)["pending"] == 0
+
+
+def test_sigkill_mid_session_then_restart_ends_it_once_with_exact_energy(site):
+    site.publish_lists()
+    assert lists_applied(site), site.agent_log_tail()
+    site.tap("1", KARI)
+    time.sleep(0.3)
+    site.plug_and_charge("1")
+    started = site.cloud.wait_event("session_started", timeout=10)
+    time.sleep(1.5)
+    site.kill_agent()
+    time.sleep(2)  # the car keeps charging while the gateway is dead (the charger's fail-safe current)
+    site.start_agent()
+    assert site.wait(lambda: "session" in site.agent_log_tail(10) and "running when the agent stopped"
+                     in site.agent_log_tail(50), 15), site.agent_log_tail()
+    time.sleep(1.5)
+    assert site.chargers["1"].state == "C"
+    site.unplug("1")
+    ended = site.cloud.wait_event("session_ended", timeout=15)
+    time.sleep(1.5)
+    assert ended["data"]["session_id"] == started["data"]["session_id"]
+    assert ended["data"]["reason"] == "ev_disconnected"
+    assert ended["data"]["meter_stop_wh"] == register_wh(site, "1")
+    assert ended["data"]["energy_wh"] == register_wh(site, "1") - started["data"]["meter_start_wh"]
+    assert len(unique(site, "session_ended")) == 1 and len(unique(site, "session_started")) == 1
+    seqs = sorted(e["seq"] for e in site.cloud.unique_events)
+    assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_session_unplugged_while_agent_dead_ends_with_power_loss_at_the_startup_reading(site):
+    site.publish_lists()
+    assert lists_applied(site), site.agent_log_tail()
+    site.plug_and_charge("2")
+    time.sleep(0.5)
+    site.tap("2", OLA)
+    started = site.cloud.wait_event("session_started", timeout=10)
+    time.sleep(1.5)
+    site.kill_agent()
+    time.sleep(1)
+    site.unplug("2")
+    stop_register = register_wh(site, "2")
+    site.start_agent()
+    ended = site.cloud.wait_event("session_ended", timeout=15)
+    assert ended["data"]["reason"] == "power_loss"
+    assert ended["data"]["meter_stop_wh"] == stop_register
+    assert ended["data"]["energy_wh"] == stop_register - started["data"]["meter_start_wh"] > 0
+
+
+def test_online_authorization_and_remote_commands(site):
+    site.cloud.auth_answers = {UNKNOWN_TOKEN: ("accepted", {"id": "u-9", "name": "Visitor", "group": "guests"})}
+    site.publish_lists()
+    assert lists_applied(site), site.agent_log_tail()
+    site.chargers["1"].plug()
+    site.tap("1", UNKNOWN_TOKEN)
+    started = site.cloud.wait_event("session_started", timeout=10)
+    assert started["data"]["auth"] == "online" and started["data"]["tariff_id"] == "T-GUEST"
+    assert site.cloud.auth_requests and site.cloud.auth_requests[0]["token"] == UNKNOWN_TOKEN
+
+    request = site.cloud.send_command("stop", evse_id="1")
+    assert site.cloud.wait_result(request, 10)["status"] == "accepted"
+    ended = site.cloud.wait_event("session_ended", timeout=10)
+    assert ended["data"]["reason"] == "remote"
+    # Guests pay a 10.00 NOK start fee, so even a short session costs at least that.
+    assert ended["data"]["cost"]["excl_vat"] >= 10.0
+    # The same request again: answered the same way, not carried out twice.
+    again = site.cloud.send_command("stop", request_id=request, evse_id="1")
+    assert site.cloud.wait_for(lambda: len([r for r in site.cloud.results if r["request_id"] == again]) == 2, 10)
+    assert len(unique(site, "session_ended")) == 1
+
+    # App start for a user; the vehicle plugs in afterwards.
+    site.chargers["1"].unplug()
+    time.sleep(0.5)
+    request = site.cloud.send_command("start", evse_id="2", user_id="u-1001")
+    assert site.cloud.wait_result(request, 10)["status"] == "accepted"
+    site.plug_and_charge("2")
+    started = site.cloud.wait_event("session_started", timeout=10, evse_id="2")
+    assert started["data"]["auth"] == "remote" and started["data"]["user_id"] == "u-1001"
+
+    expired = site.cloud.send_command("stop", evse_id="2", expires_at="2020-01-01T00:00:00Z")
+    assert site.cloud.wait_result(expired, 10)["status"] == "expired"
+    bad = site.cloud.send_command("stop")
+    assert site.cloud.wait_result(bad, 10)["status"] == "error"
+    unknown_evse = site.cloud.send_command("set_availability", evse_id="9", available=False)
+    assert site.cloud.wait_result(unknown_evse, 10)["status"] == "rejected"
+    retained = site.cloud.send_command("stop", evse_id="2", retain=True)
+    time.sleep(1.0)
+    assert not any(r["request_id"] == retained for r in site.cloud.results)
+    assert site.chargers["2"].state == "C"
+    assert site.cloud.wait_for(lambda: (site.cloud.state or {}).get("rejected_messages", 0) >= 1, 10)
