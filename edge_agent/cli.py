@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import csv
+import importlib
 import json
 import logging
 import sys
@@ -12,6 +13,9 @@ from pathlib import Path
 from . import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
+
+# Modules that add their own sub-commands: each has add_commands(subparsers).
+COMMAND_MODULES: list[str] = []
 
 
 def _load_config(path: str):  # noqa: ANN202
@@ -31,6 +35,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
     logging.basicConfig(level=args.log_level or config.log_level,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # pymodbus logs every failed connect of a dead charger; the drivers log the transition once.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     from .site import Site
 
     asyncio.run(Site(config).run())
@@ -162,6 +168,8 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "sessions":
             p.add_argument("--csv", action="store_true")
         p.set_defaults(func=func)
+    for module_name in COMMAND_MODULES:
+        importlib.import_module(module_name).add_commands(sub)
     return parser
 
 

@@ -36,12 +36,11 @@ from .cloud import (
     check_ack,
     check_auth_response,
     check_command,
-    check_tariff_list,
-    check_user_list,
     parse_json_object,
 )
-from .cloud._payloads import check_request_id, check_user
+from .cloud._payloads import check_request_id
 from .config import SiteConfig
+from .lists import apply_tariff_list, apply_user_delta, apply_user_list
 from .pricing import MeterSample, parse_tariff, periods_from_samples, price_periods
 from .sessions import (
     Action,
@@ -500,11 +499,11 @@ class Site:
             if topic == self.topics.ack:
                 self.outbox.on_acknowledged(check_ack(parse_json_object(message.payload)))
             elif topic == self.topics.users:
-                self._apply_users(parse_json_object(message.payload))
+                apply_user_list(self.store, parse_json_object(message.payload))
             elif topic == self.topics.users_delta:
-                self._apply_users_delta(parse_json_object(message.payload))
+                apply_user_delta(self.store, parse_json_object(message.payload))
             elif topic == self.topics.tariffs:
-                self._apply_tariffs(parse_json_object(message.payload))
+                apply_tariff_list(self.store, parse_json_object(message.payload))
             elif topic == self.topics.auth_response:
                 answer = check_auth_response(parse_json_object(message.payload))
                 future = self._pending_auth.get(answer.request_id)
@@ -514,58 +513,6 @@ class Site:
                 asyncio.ensure_future(self._on_command(name, message))
         except PayloadError as exc:
             self._reject_message(topic, exc)
-
-    def _apply_users(self, obj: dict[str, Any]) -> None:
-        users = check_user_list(obj)
-        local = self.store.list_version("users")
-        if users.version <= local:
-            log.info("user list version %d ignored (local version %d)", users.version, local)
-            return
-        self.store.replace_users(users.version, users.users)
-        log.info("user list version %d applied: %d users", users.version, len(users.users))
-
-    def _apply_users_delta(self, obj: dict[str, Any]) -> None:
-        if not isinstance(obj.get("base_version"), int) or isinstance(obj.get("base_version"), bool):
-            raise PayloadError("base_version", "must be an integer")
-        version = obj.get("version")
-        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
-            raise PayloadError("version", "must be an integer >= 1")
-        upsert = obj.get("upsert") or []
-        remove = obj.get("remove") or []
-        if not isinstance(upsert, list) or not isinstance(remove, list):
-            raise PayloadError("upsert", "upsert and remove must be lists")
-        users = [check_user(u, f"upsert[{i}]") for i, u in enumerate(upsert)]
-        if any(not isinstance(r, str) for r in remove):
-            raise PayloadError("remove", "must be a list of user ids")
-        local = self.store.list_version("users")
-        if obj["base_version"] != local or version <= local:
-            log.info("user delta %d (base %d) ignored: local version is %d", version, obj["base_version"], local)
-            return
-        with self.store.transaction():
-            db = self.store.db
-            for user_id in [*remove, *(u["id"] for u in users)]:
-                db.execute("DELETE FROM tokens WHERE user_id = ?", [user_id])
-                db.execute("DELETE FROM users WHERE id = ?", [user_id])
-            for u in users:
-                for uid in u["tokens"]:
-                    owner = db.execute("SELECT user_id FROM tokens WHERE uid = ?", [uid]).fetchone()
-                    if owner is not None:
-                        raise PayloadError("upsert", f"token {uid} already belongs to {owner[0]!r}")
-                db.execute('INSERT INTO users(id, name, phone, "group", blocked, valid_until) VALUES (?,?,?,?,?,?)',
-                           [u["id"], u["name"], u["phone"], u["group"], int(u["blocked"]), u["valid_until"]])
-                db.conn.executemany("INSERT INTO tokens(uid, user_id) VALUES (?, ?)",
-                                    [(uid, u["id"]) for uid in u["tokens"]])
-            self.store._set_list_version("users", version)  # noqa: SLF001
-        log.info("user delta %d applied: %d upserted, %d removed", version, len(users), len(remove))
-
-    def _apply_tariffs(self, obj: dict[str, Any]) -> None:
-        tariffs = check_tariff_list(obj)
-        local = self.store.list_version("tariffs")
-        if tariffs.version <= local:
-            log.info("tariff list version %d ignored (local version %d)", tariffs.version, local)
-            return
-        self.store.replace_tariffs(tariffs.version, tariffs.body)
-        log.info("tariff list version %d applied: %d tariffs", tariffs.version, len(tariffs.body["tariffs"]))
 
     # -- commands --------------------------------------------------------------------------
 

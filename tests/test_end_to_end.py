@@ -200,3 +200,26 @@ def test_online_authorization_and_remote_commands(site):
     assert not any(r["request_id"] == retained for r in site.cloud.results)
     assert site.chargers["2"].state == "C"
     assert site.cloud.wait_for(lambda: (site.cloud.state or {}).get("rejected_messages", 0) >= 1, 10)
+
+
+def test_a_silent_charger_faults_alone_and_comes_back(site):
+    site.publish_lists()
+    assert lists_applied(site), site.agent_log_tail()
+    site.tap("1", KARI)
+    time.sleep(0.3)
+    site.plug_and_charge("1")
+    site.cloud.wait_event("session_started", timeout=10)
+    site.chargers["2"].set_silent(True)
+    fault = site.cloud.wait_event("evse_fault", timeout=15, evse_id="2")
+    assert "not responding" in fault["data"]["error"]
+    assert site.cloud.wait_for(lambda: site.cloud.evse_status.get("2", {}).get("status") == "Faulted", 10)
+    # The other charger, on another bus, is untouched: still charging, still polled.
+    energy_before = site.cloud.evse_status["1"]["energy_wh"]
+    assert site.cloud.wait_for(lambda: site.cloud.evse_status["1"]["energy_wh"] > energy_before, 15)
+    assert site.cloud.evse_status["1"]["status"] == "Charging"
+    site.chargers["2"].set_silent(False)
+    cleared = site.cloud.wait_event("evse_fault", timeout=15, evse_id="2", error=None)
+    assert cleared["seq"] > fault["seq"]
+    assert site.cloud.wait_for(lambda: site.cloud.evse_status["2"]["status"] == "Available", 10)
+    log = site.agent_log.read_text()
+    assert log.count("EVSE 2 unavailable") == 1 and log.count("EVSE 2 back") == 1

@@ -18,8 +18,15 @@ from edge_agent.pricing import (
     price_periods,
 )
 
-VECTORS_FILE = Path(__file__).resolve().parents[1].parent / "shared/contract/tariff-vectors.json"
+# A copy of the contract's vectors travels with the tests; where the contract sits beside the
+# checkout (../shared, as in CI), the copy must still equal it.
+VECTORS_FILE = Path(__file__).parent / "data/tariff-vectors.json"
+CONTRACT_VECTORS = Path(__file__).resolve().parents[1].parent / "shared/contract/tariff-vectors.json"
 VECTORS = json.loads(VECTORS_FILE.read_text(encoding="utf-8"))
+
+if CONTRACT_VECTORS.exists():
+    def test_vendored_vectors_equal_the_contract():
+        assert json.loads(CONTRACT_VECTORS.read_text(encoding="utf-8")) == VECTORS
 FOUR_DECIMALS = Decimal("0.0001")
 
 

@@ -137,14 +137,14 @@ class Store:
         row = self.db.execute("SELECT version FROM list_versions WHERE name = ?", [name]).fetchone()
         return int(row[0]) if row else 0
 
-    def _set_list_version(self, name: str, version: int) -> None:
+    def set_list_version(self, name: str, version: int) -> None:
         self.db.execute(
             "INSERT INTO list_versions(name, version) VALUES (?, ?) "
             "ON CONFLICT(name) DO UPDATE SET version = excluded.version", [name, version])
 
     def forget_list_version(self, name: str) -> None:
         """`resync`: the next full list is applied whatever its version."""
-        self._set_list_version(name, 0)
+        self.set_list_version(name, 0)
 
     # -- users -----------------------------------------------------------------------
 
@@ -160,7 +160,7 @@ class Store:
             self.db.conn.executemany(
                 "INSERT INTO tokens(uid, user_id) VALUES (?, ?)",
                 ((uid, u["id"]) for u in users for uid in u["tokens"]))
-            self._set_list_version("users", version)
+            self.set_list_version("users", version)
 
     def find_token(self, uid: str) -> UserRecord | None:
         row = self.db.execute(
@@ -183,7 +183,7 @@ class Store:
         with self.transaction():
             self.db.execute("INSERT OR REPLACE INTO tariff_lists(version, body) VALUES (?, ?)",
                             [version, json.dumps(body, separators=(",", ":"))])
-            self._set_list_version("tariffs", version)
+            self.set_list_version("tariffs", version)
             # Keep the lists that still price a running session; drop the others.
             self.db.execute(
                 "DELETE FROM tariff_lists WHERE version <> ? AND version NOT IN "
