@@ -11,7 +11,7 @@ in order: record the session, offer current, record a sample, end the session.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import datetime
 
 from drivers.api import ChargerReading
@@ -38,6 +38,12 @@ class ActiveSession:
     last_sample_mono: float = 0.0
     last_sample_charging: bool | None = None
     recovering: bool = False  # found running at start-up; the first reading decides
+    # The charger's counter as the session sees it: raw register + energy_offset_wh, never falling.
+    energy_offset_wh: int = 0
+    last_energy_wh: int | None = None
+    last_energy_mono: float | None = None
+    suspect_raw_wh: int | None = None  # a reading below the last one, waiting for confirmation
+    implausible_readings: int = 0
 
 
 # -- actions ------------------------------------------------------------------------
@@ -59,6 +65,15 @@ class EndSession:
 @dataclass(frozen=True, slots=True)
 class Offer:
     amps: float  # 0 pauses the charger
+    reassert: bool = False  # the charger lost what it was told (a reboot): set it up again first
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyCounterRebased:
+    """The charger's counter was reset or jumped; the session's offset changed (persist it)."""
+
+    offset_wh: int
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,7 +88,9 @@ class AuthorizationTimedOut:
     decision: Decision
 
 
-Action = StartSession | EndSession | Offer | RecordSample | AuthorizationTimedOut
+Action = StartSession | EndSession | Offer | RecordSample | AuthorizationTimedOut | EnergyCounterRebased
+
+REASSERT_EVERY_S = 5.0
 
 
 @dataclass(slots=True)
@@ -82,6 +99,7 @@ class EvseSessionMachine:
     max_current_a: float
     connect_timeout_s: float
     sample_interval_s: float
+    max_plausible_w: float = 100_000.0  # a counter rising faster than this is not believed at once
     available: bool = True
     reading: ChargerReading | None = None
     fault: str | None = None
@@ -89,7 +107,7 @@ class EvseSessionMachine:
     session: ActiveSession | None = None
     finishing: bool = False  # the session ended, the vehicle is still plugged in
     offered_a: float = 0.0
-    _history: list[str] = field(default_factory=list)
+    _last_reassert: float = float("-inf")
 
     # -- what the outside asks ---------------------------------------------------------
 
@@ -135,6 +153,8 @@ class EvseSessionMachine:
         return []
 
     def session_started(self, session: ActiveSession) -> list[Action]:
+        if session.last_energy_wh is None:
+            session.last_energy_wh, session.last_energy_mono = session.meter_start_wh, session.started_mono
         self.session = session
         self.pending = None
         self.finishing = False
@@ -153,20 +173,23 @@ class EvseSessionMachine:
         self.fault = error
 
     def on_reading(self, reading: ChargerReading, *, now: float, at: datetime) -> list[Action]:
-        self.reading = reading
         self.fault = None
         actions: list[Action] = []
         session = self.session
+        if session is not None:
+            reading = self._session_energy(session, reading, now, actions)
+        self.reading = reading
         if session is not None and session.recovering:
             session.recovering = False
             if reading.iec61851 in PLUGGED:
                 actions.append(Offer(self.max_current_a))
             else:
-                return [EndSession("power_loss", reading, at)]
+                return [*actions, Offer(0.0), EndSession("power_loss", reading, at)]
         if reading.iec61851 == "A":
             self.finishing = False
             if session is not None:
-                return [*actions, EndSession("ev_disconnected", reading, at)]
+                # Paused before the end is recorded: the next car never charges on this session's offer.
+                return [*actions, Offer(0.0), EndSession("ev_disconnected", reading, at)]
         elif reading.iec61851 in PLUGGED:
             if session is None and self.pending is not None:
                 if reading.measurement.energy_wh is not None and self.can_start() is None:
@@ -180,7 +203,74 @@ class EvseSessionMachine:
                 session.last_sample_mono = now
                 session.last_sample_charging = charging
                 actions.append(RecordSample(reading, charging, at))
+        if not any(isinstance(a, Offer) for a in actions):
+            actions += self._reassert_offer(reading, now)
         return actions
+
+    def corrected(self, reading: ChargerReading, *, now: float) -> ChargerReading:
+        """A fresh reading taken outside the poll loop (to end a session), seen as the session sees it."""
+        if self.session is None:
+            return reading
+        actions: list[Action] = []
+        corrected = self._session_energy(self.session, reading, now, actions)
+        if corrected.measurement.energy_wh is None and self.session.last_energy_wh is not None:
+            return replace(corrected, measurement=replace(corrected.measurement,
+                                                          energy_wh=self.session.last_energy_wh))
+        return corrected
+
+    def _reassert_offer(self, reading: ChargerReading, now: float) -> list[Action]:
+        """A charger that rebooted comes up offering its default; tell it again what it should offer."""
+        if reading.offered_current_a is None:
+            return []
+        wanted = self.offered_a if self.session is not None else 0.0
+        offered = reading.offered_current_a
+        if (offered > 0) == (wanted > 0) and (wanted == 0 or abs(offered - wanted) < 0.6):
+            return []
+        if now - self._last_reassert < REASSERT_EVERY_S:
+            return []
+        self._last_reassert = now
+        return [Offer(wanted, reassert=True)]
+
+    def _session_energy(self, session: ActiveSession, reading: ChargerReading, now: float,
+                        actions: list[Action]) -> ChargerReading:
+        """The session's view of the counter: corrected for resets, implausible jumps held back."""
+        raw = reading.measurement.energy_wh
+        if raw is None:
+            return reading
+        corrected = raw + session.energy_offset_wh
+        last = session.last_energy_wh
+        usable: int | None = corrected
+        if last is not None and corrected < last:
+            if session.suspect_raw_wh is not None and raw >= session.suspect_raw_wh:
+                # Two readings in a row below the last one and rising again: the counter restarted.
+                session.energy_offset_wh = last
+                session.suspect_raw_wh = None
+                usable = raw + last
+                actions.append(EnergyCounterRebased(
+                    last, f"counter restarted (read {raw} Wh, below the session's {last} Wh); "
+                          f"counting on from {last} Wh"))
+            else:
+                session.suspect_raw_wh = raw
+                usable = None
+        elif last is not None and session.last_energy_mono is not None:
+            session.suspect_raw_wh = None
+            hours = max(now - session.last_energy_mono, 0.0) / 3600
+            if corrected - last > self.max_plausible_w * hours + 50:
+                session.implausible_readings += 1
+                if session.implausible_readings < 3:
+                    usable = None
+                else:  # a lasting jump (a swapped meter): continue from where the session was
+                    session.energy_offset_wh -= corrected - last
+                    session.implausible_readings = 0
+                    usable = last
+                    actions.append(EnergyCounterRebased(session.energy_offset_wh,
+                                                        f"counter jumped by {corrected - last} Wh; not billed"))
+            else:
+                session.implausible_readings = 0
+        if usable is None:
+            return replace(reading, measurement=replace(reading.measurement, energy_wh=None))
+        session.last_energy_wh, session.last_energy_mono = usable, now
+        return replace(reading, measurement=replace(reading.measurement, energy_wh=usable))
 
     def on_tick(self, *, now: float) -> list[Action]:
         if self.pending is not None and now >= self.pending.deadline:

@@ -24,7 +24,8 @@ def reading(state: str, energy: int | None = 1000) -> ChargerReading:
 
 
 def machine() -> EvseSessionMachine:
-    return EvseSessionMachine(evse_id="1", max_current_a=16, connect_timeout_s=60, sample_interval_s=60)
+    return EvseSessionMachine(evse_id="1", max_current_a=16, connect_timeout_s=60, sample_interval_s=60,
+                              max_plausible_w=1e9)
 
 
 def started(m: EvseSessionMachine, now: float = 0.0) -> None:
@@ -76,6 +77,7 @@ def test_unplug_ends_with_the_unplug_reading():
     actions = m.on_reading(reading("A", 2500), now=2, at=AT)
     end = [a for a in actions if isinstance(a, EndSession)]
     assert end and end[0].reason == "ev_disconnected" and end[0].reading.measurement.energy_wh == 2500
+    assert actions[0] == Offer(0.0), "paused before the end is recorded, for the next car"
 
 
 def test_stop_pauses_the_charger_then_ends_with_a_fresh_reading():
@@ -114,8 +116,8 @@ def test_recovered_session_ends_with_power_loss_and_the_startup_reading():
     m = machine()
     m.session = ActiveSession("s-1", "04A2B3", "local_list", 1000, 0, recovering=True)
     actions = m.on_reading(reading("A", 1800), now=1, at=AT)
-    assert len(actions) == 1 and actions[0].reason == "power_loss"
-    assert actions[0].reading.measurement.energy_wh == 1800
+    assert len(actions) == 2 and actions[0] == Offer(0.0) and actions[1].reason == "power_loss"
+    assert actions[1].reading.measurement.energy_wh == 1800
 
 
 def test_unavailable_and_faulted_evses_take_no_authorization():
@@ -135,3 +137,63 @@ def test_no_start_without_an_energy_reading():
     m.on_reading(reading("B", None), now=0, at=AT)
     assert m.on_authorized(ACCEPTED, now=1, at=AT) == []
     assert isinstance(m.on_reading(reading("B", 1234), now=2, at=AT)[0], StartSession)
+
+
+def charging_machine(start: int = 1000) -> EvseSessionMachine:
+    m = EvseSessionMachine(evse_id="1", max_current_a=16, connect_timeout_s=60, sample_interval_s=1,
+                           max_plausible_w=50_000)
+    m.on_reading(reading("C", start), now=0, at=AT)
+    m.session_started(ActiveSession("s-1", "04A2B3", "local_list", start, 0))
+    m.offered_a = 16
+    return m
+
+
+def energy_seen(actions) -> list[int]:
+    return [a.reading.measurement.energy_wh for a in actions if isinstance(a, RecordSample)]
+
+
+def test_counter_reset_to_zero_keeps_counting_from_where_the_session_was():
+    from edge_agent.sessions import EnergyCounterRebased
+
+    m = charging_machine(5000)
+    assert energy_seen(m.on_reading(reading("C", 5010), now=2, at=AT)) == [5010]
+    assert energy_seen(m.on_reading(reading("C", 3), now=4, at=AT)) == []  # suspect: held back
+    actions = m.on_reading(reading("C", 8), now=6, at=AT)
+    assert any(isinstance(a, EnergyCounterRebased) and a.offset_wh == 5010 for a in actions)
+    assert energy_seen(actions) == [5018]
+    end = m.on_reading(reading("A", 20), now=8, at=AT)
+    assert [a.reading.measurement.energy_wh for a in end if isinstance(a, EndSession)] == [5030]
+
+
+def test_one_low_glitch_reading_is_ignored_not_billed_as_a_reset():
+    m = charging_machine(5000)
+    m.on_reading(reading("C", 5010), now=2, at=AT)
+    assert energy_seen(m.on_reading(reading("C", 0), now=4, at=AT)) == []
+    assert energy_seen(m.on_reading(reading("C", 5020), now=6, at=AT)) == [5020]
+    assert m.session.energy_offset_wh == 0
+
+
+def test_an_implausible_jump_is_held_back_and_never_billed():
+    m = charging_machine(5000)
+    assert energy_seen(m.on_reading(reading("C", 5010), now=2, at=AT)) == [5010]
+    # 4 GWh in two seconds: garbage (e.g. a "no value" pattern that slipped through)
+    assert energy_seen(m.on_reading(reading("C", 4_294_967_295), now=4, at=AT)) == []
+    assert energy_seen(m.on_reading(reading("C", 5030), now=6, at=AT)) == [5030]
+    # A lasting jump (a swapped counter) is taken as the new base, the jump itself not billed.
+    for t in (8, 10):
+        assert energy_seen(m.on_reading(reading("C", 900_000), now=t, at=AT)) == []
+    assert energy_seen(m.on_reading(reading("C", 900_000), now=12, at=AT)) == [5030]
+    assert energy_seen(m.on_reading(reading("C", 900_010), now=14, at=AT)) == [5040]
+
+
+def test_a_rebooted_charger_is_told_again_what_to_offer():
+    m = charging_machine(5000)
+    rebooted = ChargerReading("B", Measurement(5010, 0, None), offered_current_a=32.0)
+    actions = m.on_reading(rebooted, now=10, at=AT)
+    assert Offer(16, reassert=True) in actions
+    assert not any(isinstance(a, Offer) for a in m.on_reading(rebooted, now=11, at=AT))  # rate-limited
+    idle = EvseSessionMachine(evse_id="2", max_current_a=16, connect_timeout_s=60, sample_interval_s=60)
+    assert idle.on_reading(ChargerReading("B", Measurement(1, 0, None), offered_current_a=32.0),
+                           now=0, at=AT) == [Offer(0.0, reassert=True)]
+    assert idle.on_reading(ChargerReading("B", Measurement(1, 0, None), offered_current_a=0.0),
+                           now=10, at=AT) == []

@@ -69,6 +69,7 @@ class SessionRecord:
     parking_s: int | None = None
     reason: str | None = None
     cost: str | None = None
+    energy_offset_wh: int = 0  # added to the charger's register after a counter reset
 
     def started_event_data(self) -> dict[str, Any]:
         return {
@@ -274,6 +275,14 @@ class Store:
                             [*ended.values(), session_id])
             return self._append_event("session_ended", event_data, ts=ts, offline=offline)
 
+    def set_energy_offset(self, session_id: str, offset_wh: int) -> None:
+        self.db.execute("UPDATE sessions SET energy_offset_wh = ? WHERE id = ?", [offset_wh, session_id])
+
+    def last_sample(self, session_id: str) -> dict[str, Any] | None:
+        row = self.db.execute("SELECT ts, energy_wh FROM samples WHERE session_id = ? ORDER BY rowid DESC "
+                              "LIMIT 1", [session_id]).fetchone()
+        return {"ts": row[0], "energy_wh": row[1]} if row else None
+
     def active_sessions(self) -> list[SessionRecord]:
         return self.sessions(where="status = 'active'")
 
@@ -314,6 +323,18 @@ class Store:
 
     def integrity_check(self) -> str:
         return str(self.db.execute("PRAGMA integrity_check").fetchone()[0])
+
+    def backup_to(self, path: str | Path) -> int:
+        """A consistent copy of the whole database as of one instant, through SQLite's online
+        backup (the agent goes on writing meanwhile; a read-only Store works too). The copy is one
+        self-contained file (no WAL). Returns its schema version."""
+        target = sqlite3.connect(str(path), isolation_level=None)
+        try:
+            self.db.conn.backup(target)
+            target.execute("PRAGMA journal_mode = DELETE")
+            return int(target.execute("PRAGMA user_version").fetchone()[0])
+        finally:
+            target.close()
 
 
 def _user(row: Sequence[Any]) -> UserRecord:
