@@ -1,7 +1,8 @@
 """What the agent needs from a charger, a meter and a reader.
 
 A charger has four abilities (evcc's interface): its IEC 61851 state, whether it is
-enabled, enable/disable, and the offered current. Metering is a separate ability.
+enabled, enable/disable, and the offered current. Metering is a separate ability, and so is
+identification: a charger with a built-in card reader whose map exposes the card's UID.
 """
 from __future__ import annotations
 
@@ -40,6 +41,13 @@ class Charger(Protocol):
 @runtime_checkable
 class Meter(Protocol):
     async def measure(self) -> Measurement: ...
+
+
+@runtime_checkable
+class Identifier(Protocol):
+    """A charger with a built-in RFID reader: the UID of the card presented, or None."""
+
+    async def identify(self) -> str | None: ...  # normalised like every token (edge_agent.tokens)
 
 
 @dataclass(frozen=True, slots=True)

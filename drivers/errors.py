@@ -8,7 +8,8 @@ DeviceError
  +-- PermanentDeviceError        retrying the same thing will not help
       +-- ModbusExceptionResponse the device rejected the request (exception code)
       +-- PortSettingRefused     the serial port refused a setting (parity on a pty)
-      +-- UnsupportedByModel     the model's map lacks what was asked
+      +-- UnsupportedByModel     the model's map lacks what was asked (or forbids it)
+      +-- EnergyCounterError     the agent's own lifetime counter file is unusable
 """
 from __future__ import annotations
 
@@ -54,4 +55,8 @@ class PortSettingRefused(PermanentDeviceError):
 
 
 class UnsupportedByModel(PermanentDeviceError):
+    pass
+
+
+class EnergyCounterError(PermanentDeviceError):
     pass

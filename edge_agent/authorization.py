@@ -39,7 +39,7 @@ class OnlineAnswer:
 
 
 # Asks the cloud; returns None when there is no answer in time or no connection.
-OnlineAsk = Callable[[str, str], Awaitable[OnlineAnswer | None]]
+OnlineAsk = Callable[[str, str | None], Awaitable[OnlineAnswer | None]]
 
 
 class Authorizer:
@@ -57,7 +57,7 @@ class Authorizer:
             return None
         return _judge(token, user, "local_list", now or utc_now())
 
-    async def authorize(self, token: str, *, evse_id: str) -> Decision:
+    async def authorize(self, token: str, *, evse_id: str | None) -> Decision:
         local = self.check_local(token)
         if local is not None:
             return local

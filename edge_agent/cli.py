@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import csv
 import importlib
 import json
 import logging
@@ -15,7 +14,7 @@ from . import __version__
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
 
 # Modules that add their own sub-commands: each has add_commands(subparsers).
-COMMAND_MODULES: list[str] = []
+COMMAND_MODULES: list[str] = ["edge_agent.technician_cli", "edge_agent.reports", "edge_agent.technician"]
 
 
 def _load_config(path: str):  # noqa: ANN202
@@ -33,13 +32,21 @@ def _load_config(path: str):  # noqa: ANN202
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
-    logging.basicConfig(level=args.log_level or config.log_level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .logging_setup import configure_logging
+
+    configure_logging(args.log_level or config.log_level)  # journald levels under systemd
     # pymodbus logs every failed connect of a dead charger; the drivers log the transition once.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     from .site import Site
 
-    asyncio.run(Site(config).run())
+    from .config import ConfigError
+
+    try:
+        site = Site(config)
+    except ConfigError as exc:  # e.g. a TLS key that others may read
+        print(f"{args.config}: cannot start:\n{exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    asyncio.run(site.run())
     return EXIT_OK
 
 
@@ -85,38 +92,6 @@ def _open_store(args: argparse.Namespace):  # noqa: ANN202
     return Store(data_dir, read_only=True)
 
 
-SESSION_FIELDS = ["id", "evse_id", "status", "user_id", "user_name", "group", "token", "auth", "started_at",
-                  "ended_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "charging_s", "parking_s",
-                  "reason", "tariff_id", "tariffs_version", "offline_start"]
-
-
-def cmd_sessions(args: argparse.Namespace) -> int:
-    with _open_store(args) as store:
-        sessions = store.sessions(limit=args.limit)
-    rows = []
-    for s in sessions:
-        row = {f: getattr(s, f) for f in SESSION_FIELDS}
-        cost = json.loads(s.cost) if s.cost else {}
-        row["currency"], row["excl_vat"], row["incl_vat"] = (cost.get("currency"), cost.get("excl_vat"),
-                                                             cost.get("incl_vat"))
-        rows.append(row)
-    if args.json:
-        print(json.dumps(rows, indent=2))
-    elif args.csv:
-        writer = csv.DictWriter(sys.stdout, fieldnames=[*SESSION_FIELDS, "currency", "excl_vat", "incl_vat"])
-        writer.writeheader()
-        writer.writerows(rows)
-    else:
-        print(f"{'started (UTC)':20} {'EVSE':5} {'status':7} {'user':22} {'kWh':>8} {'price':>10}  reason")
-        for r in rows:
-            kwh = f"{r['energy_wh'] / 1000:.3f}" if r["energy_wh"] is not None else "-"
-            price = f"{r['incl_vat']} {r['currency'] or ''}".strip() if r["incl_vat"] is not None else "-"
-            who = (r["user_name"] or r["user_id"] or r["token"] or "-")[:22]
-            print(f"{r['started_at'][:19]:20} {r['evse_id']:5} {r['status']:7} {who:22} {kwh:>8} "
-                  f"{price:>10}  {r['reason'] or ''}")
-    return EXIT_OK
-
-
 def cmd_outbox(args: argparse.Namespace) -> int:
     with _open_store(args) as store:
         events = store.pending_events(limit=args.limit)
@@ -157,16 +132,14 @@ def build_parser() -> argparse.ArgumentParser:
     price.add_argument("--tz", default="UTC", help="site time zone for time restrictions (default UTC)")
     price.set_defaults(func=cmd_price)
 
-    for name, func, text in (("sessions", cmd_sessions, "list sessions (table, --csv or --json)"),
-                             ("outbox", cmd_outbox, "show events not yet acknowledged by the cloud")):
+    # `sessions` and `report` live in edge_agent.reports.
+    for name, func, text in (("outbox", cmd_outbox, "show events not yet acknowledged by the cloud"),):
         p = sub.add_parser(name, help=text)
         where = p.add_mutually_exclusive_group(required=True)
         where.add_argument("--config", help="site configuration (its data_dir is read)")
         where.add_argument("--data-dir", help="the agent's data directory")
-        p.add_argument("--limit", type=int, default=None if name == "sessions" else 50)
+        p.add_argument("--limit", type=int, default=50)
         p.add_argument("--json", action="store_true")
-        if name == "sessions":
-            p.add_argument("--csv", action="store_true")
         p.set_defaults(func=func)
     for module_name in COMMAND_MODULES:
         importlib.import_module(module_name).add_commands(sub)

@@ -2,14 +2,20 @@
 from __future__ import annotations
 
 import ctypes
+import time
 import ctypes.util
 from datetime import datetime, timezone
+from pathlib import Path
 
 _STA_UNSYNC = 0x0040
 
 
+def _wall() -> float:
+    return time.time()
+
+
 def utc_now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.fromtimestamp(_wall(), timezone.utc)
 
 
 def rfc3339(moment: datetime) -> str:
@@ -34,8 +40,11 @@ class _Timex(ctypes.Structure):
                 ("_rest", ctypes.c_byte * 200)]
 
 
-def clock_synced() -> bool:
-    """True when the kernel says the clock is NTP-disciplined (a Pi has no RTC)."""
+def clock_synced(marker: Path | None = None) -> bool:
+    """True when the kernel says the clock is NTP-disciplined, or timesyncd left its marker
+    (a Pi has no battery clock: until then the wall clock may be days off)."""
+    if marker is not None and marker.exists():
+        return True
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
         timex = _Timex()
@@ -44,3 +53,37 @@ def clock_synced() -> bool:
         return False
     # TIME_ERROR (5) or the unsync flag: nobody has disciplined the clock since boot.
     return state != 5 and not (timex.status & _STA_UNSYNC)
+
+
+class ClockWatch:
+    """Notices the wall clock stepping (NTP's first sync on a Pi that booted without network)
+    by watching the distance between the wall clock and the monotonic clock."""
+
+    def __init__(self, *, synced_marker: Path | None = None, jump_threshold_s: float = 2.0) -> None:
+        self._marker = synced_marker
+        self._threshold = jump_threshold_s
+        self.offset = _wall() - time.monotonic()
+
+    def synced(self) -> bool:
+        return clock_synced(self._marker)
+
+    def jump(self) -> float | None:
+        """Seconds the wall clock stepped since the last call, or None."""
+        offset = _wall() - time.monotonic()
+        step = offset - self.offset
+        self.offset = offset  # small changes are NTP slewing the clock: follow them
+        return step if abs(step) >= self._threshold else None
+
+    def since_boot_offset(self, stored: tuple[str, float] | None) -> float | None:
+        """The step since a previous agent run of this same boot wrote `stored` (boot id, offset)."""
+        if stored is None or stored[0] != boot_id():
+            return None
+        step = self.offset - stored[1]
+        return step if abs(step) >= self._threshold else None
+
+
+def boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""

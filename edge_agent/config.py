@@ -203,6 +203,10 @@ class CloudConfig:
     session_expiry_s: int = _setting(
         "int", "MQTT 5 session expiry interval", default=86400, min=0, max=0xFFFFFFFF
     )
+    lists_ca_file: Path | None = _setting(
+        "path", "CA bundle that signs the HTTPS server of user lists sent by URL; "
+        "default: tls.ca_file, else the system's", default=None
+    )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -234,6 +238,10 @@ class SessionsConfig:
     )
     status_heartbeat_s: float = _setting(
         "number", "re-publish ~/evse/{id}/status at least this often", default=10.0, min=1, max=3600
+    )
+    max_plausible_power_kw: float = _setting(
+        "number", "a charger's energy counter rising faster than this is held back as implausible",
+        default=100.0, min=1, max=1_000_000
     )
 
 
@@ -333,6 +341,17 @@ class CircuitConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class ClockConfig:
+    synced_marker: Path = _setting(
+        "path", "a file whose presence says the clock is synchronised (systemd-timesyncd's)",
+        default=Path("/run/systemd/timesync/synchronized"),
+    )
+    jump_threshold_s: float = _setting(
+        "number", "a wall-clock step larger than this is a clock jump", default=2.0, min=0.5, max=3600
+    )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SiteConfig:
     gateway_id: str = _setting(
         "str", "MQTT client id and topic level", check=_topic_level_problem
@@ -350,6 +369,9 @@ class SiteConfig:
     )
     sessions: SessionsConfig = _setting(
         "section", "polling and reporting", default=SessionsConfig(), item=SessionsConfig
+    )
+    clock: ClockConfig = _setting(
+        "section", "wall-clock trust (a Pi has no battery clock)", default=ClockConfig(), item=ClockConfig
     )
     chargers: tuple[ChargerConfig, ...] = _setting(
         "list", "the charge points", item=ChargerConfig, min_items=1

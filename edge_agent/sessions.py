@@ -44,6 +44,7 @@ class ActiveSession:
     last_energy_mono: float | None = None
     suspect_raw_wh: int | None = None  # a reading below the last one, waiting for confirmation
     implausible_readings: int = 0
+    ending: bool = False  # its end is decided and being recorded (again, after a full disk)
 
 
 # -- actions ------------------------------------------------------------------------
@@ -58,8 +59,9 @@ class StartSession:
 @dataclass(frozen=True, slots=True)
 class EndSession:
     reason: str  # local, remote, ev_disconnected, deauthorized, power_loss, fault
-    reading: ChargerReading | None  # None: take a fresh reading after stopping
+    reading: ChargerReading | None  # the fallback when no fresh reading can be taken after stopping
     at: datetime
+    final: bool = False  # reading and time are the session's last: retrying a record that failed
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +163,9 @@ class EvseSessionMachine:
         return [Offer(self.max_current_a)]
 
     def on_stop(self, reason: str, *, at: datetime) -> list[Action]:
-        if self.session is None:
+        if self.session is None or self.session.ending:
             return []
+        self.session.ending = True
         return [Offer(0.0), EndSession(reason, None, at)]
 
     def session_ended(self) -> None:
@@ -184,11 +187,13 @@ class EvseSessionMachine:
             if reading.iec61851 in PLUGGED:
                 actions.append(Offer(self.max_current_a))
             else:
+                session.ending = True
                 return [*actions, Offer(0.0), EndSession("power_loss", reading, at)]
         if reading.iec61851 == "A":
             self.finishing = False
-            if session is not None:
+            if session is not None and not session.ending:
                 # Paused before the end is recorded: the next car never charges on this session's offer.
+                session.ending = True
                 return [*actions, Offer(0.0), EndSession("ev_disconnected", reading, at)]
         elif reading.iec61851 in PLUGGED:
             if session is None and self.pending is not None:
@@ -196,7 +201,7 @@ class EvseSessionMachine:
                     decision = self.pending.decision
                     self.pending = None
                     return [StartSession(decision, reading, at)]
-        if session is not None and reading.measurement.energy_wh is not None:
+        if session is not None and not session.ending and reading.measurement.energy_wh is not None:
             charging = reading.iec61851 in DRAWING
             due = now - session.last_sample_mono >= self.sample_interval_s
             if due or charging != session.last_sample_charging:

@@ -10,43 +10,49 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import signal
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
-from decimal import Decimal
+from datetime import datetime, timedelta
 from typing import Any
 
 from drivers.api import ChargerReading, Tap
 from drivers.errors import DeviceError
-from drivers.modbus import BusRegistry, create_charger
+from drivers.modbus import BusRegistry, create_charger, create_meter
 from drivers.readers import create_reader
 
-from . import __version__
+from . import __version__, watchdog
 from .authorization import Authorizer, Decision, OnlineAnswer
-from .clock import clock_synced, parse_rfc3339, rfc3339, utc_now
+from .clock import ClockWatch, boot_id, parse_rfc3339, rfc3339, utc_now
 from .cloud import (
     Inbound,
     MqttLink,
     OutboxSender,
     PayloadError,
-    TlsFiles,
     Topics,
     check_ack,
     check_auth_response,
     check_command,
+    link_credentials,
+    lists_verify,
     parse_json_object,
 )
 from .cloud._payloads import check_request_id
+from .cloud._rejections import RejectionLog
 from .config import SiteConfig
-from .lists import apply_tariff_list, apply_user_delta, apply_user_list
-from .pricing import MeterSample, parse_tariff, periods_from_samples, price_periods
+from .loadmanagement import LoadManagementLoop, site_plan
+from .lists import UserListUpdater, apply_tariff_list
+from .pricing import MeterSample, RunningCost, SessionPrice, TariffError, price_session, tariff_in_list
+from .runtime_status import publish_runtime_status
 from .sessions import (
     Action,
     ActiveSession,
     AuthorizationTimedOut,
     EndSession,
+    EnergyCounterRebased,
     EvseSessionMachine,
     Offer,
     RecordSample,
@@ -72,6 +78,8 @@ class Evse:
     batch_started: float = 0.0
     published_status: tuple[Any, ...] | None = None
     status_published_at: float = 0.0
+    unrecorded_end: EndSession | None = None  # decided, not yet on disk (a full disk): retried
+    charger_error: str | None = None  # the error state last reported in an evse_fault event
 
 
 class Site:
@@ -82,46 +90,84 @@ class Site:
         self.boot_id = str(uuid.uuid4())
         self.started_at = rfc3339(utc_now())
         self.rejected_messages = self.store.counter("rejected_messages")
+        self.storage_error: str | None = None
+        self._site_wide: tuple[Decision, float] | None = None  # a site-wide reader's card, no EVSE yet
+        self._running_costs: dict[str, list[Any]] = {}  # per session: its RunningCost and what it saw
         self._pending_auth: dict[str, asyncio.Future[OnlineAnswer]] = {}
         self._state_published: dict[str, Any] | None = None
         self._state_published_at = 0.0
         self._state_force = False
         self._loop: asyncio.AbstractEventLoop | None = None
         cloud = config.cloud
+        source = str(config.path) if config.path is not None else "<config>"
+        # ConfigError (the agent refuses to start): a key file others may read, a missing CA...
+        credentials = link_credentials(cloud, source=source)
         self.link = MqttLink(
             client_id=config.gateway_id, host=cloud.host, port=cloud.port,
             keepalive_s=cloud.keepalive_s, will_topic=self.topics.state,
             will_payload=json.dumps({"online": False}).encode(),
             subscriptions=self.topics.subscriptions(), session_expiry_s=cloud.session_expiry_s,
             reconnect_max_s=cloud.reconnect_max_s,
-            tls=_tls_files(cloud.tls),
-            username=cloud.username, password=_read_secret(cloud.password_file),
+            tls=credentials.tls, username=credentials.username, password=credentials.password,
             on_connected=self._on_connected, on_disconnected=self._on_disconnected,
             on_message=self._on_message)
+        self.user_lists = UserListUpdater(store=self.store, work_dir=self.store.path.parent / "lists",
+                                          verify=lists_verify(cloud, source=source),
+                                          on_rejected=self._reject_message)
+        self.rejections = RejectionLog(logger=log)
+        self._commands_running: dict[str, asyncio.Future[None]] = {}
         self.outbox = OutboxSender(store=self.store, link=self.link, topic=self.topics.events,
                                    ack_timeout_s=cloud.ack_timeout_s)
         self.authorizer = Authorizer(store=self.store, offline_unknown=config.authorization.offline_unknown,
                                      ask_online=self._ask_online, is_online=lambda: self.link.connected)
         self.buses = BusRegistry()
         self.evses: dict[str, Evse] = {}
+        # With a site connection to share, each charger's own fail-safe current is planned so
+        # that together they fit the fuse if the gateway dies.
+        plan = site_plan(config) if config.site is not None else None
         for charger_cfg in config.chargers:
+            meter = charger_cfg.meter
             charger = create_charger(
                 model=charger_cfg.model, name=f"evse {charger_cfg.evse_id}", registry=self.buses,
-                host=charger_cfg.host, port=charger_cfg.port, serial=charger_cfg.serial,
-                baudrate=charger_cfg.baudrate, parity=charger_cfg.parity, unit=charger_cfg.unit,
+                transport=charger_cfg.transport, host=charger_cfg.host, port=charger_cfg.port,
+                serial=charger_cfg.serial, baudrate=charger_cfg.baudrate, parity=charger_cfg.parity,
+                stopbits=charger_cfg.stopbits, unit=charger_cfg.unit, connector=charger_cfg.connector,
                 timeout_s=charger_cfg.timeout_s, retries=charger_cfg.retries,
-                max_current_a=charger_cfg.max_current_a, failsafe_current_a=charger_cfg.failsafe_current_a)
+                meter=None if meter is None else dict(
+                    model=meter.model, transport=meter.transport, host=meter.host, port=meter.port,
+                    serial=meter.serial, baudrate=meter.baudrate, parity=meter.parity,
+                    stopbits=meter.stopbits, unit=meter.unit),
+                # Chargers without a lifetime register: the agent's own counter, kept on disk.
+                energy_counter_path=config.data_dir / "energy" / f"evse-{charger_cfg.evse_id}.json",
+                max_current_a=charger_cfg.max_current_a,
+                failsafe_current_a=plan.failsafe_a[charger_cfg.evse_id] if plan else charger_cfg.failsafe_current_a)
             machine = EvseSessionMachine(
                 evse_id=charger_cfg.evse_id, max_current_a=float(charger.max_current_a),
                 connect_timeout_s=config.authorization.connect_timeout_s,
                 sample_interval_s=config.sessions.meter_values_interval_s,
+                max_plausible_w=config.sessions.max_plausible_power_kw * 1000,
                 available=self.store.evse_available(charger_cfg.evse_id))
             self.evses[charger_cfg.evse_id] = Evse(charger_cfg.evse_id, machine, charger)
         self.readers = [
             create_reader(driver=r.driver, port=r.port, device=r.device, evse_id=r.evse_id,
                           on_tap=self._tap_from_thread, debounce_s=config.authorization.debounce_s)
             for r in config.readers]
+        self.load: LoadManagementLoop | None = None
+        if plan is not None:
+            site_meter = config.site.meter if config.site is not None else None
+            self.load = LoadManagementLoop(
+                plan=plan, chargers={e: v.charger for e, v in self.evses.items()},
+                meter=_create_site_meter(site_meter, self.buses) if site_meter is not None else None,
+                locks={e: v.lock for e, v in self.evses.items()},
+                on_offer=lambda evse_id, amps: setattr(self.evses[evse_id].machine, "offered_a", amps))
+        self.clock = ClockWatch(synced_marker=config.clock.synced_marker,
+                                jump_threshold_s=config.clock.jump_threshold_s)
         self._resume_sessions()
+        stored = self.store.meta("clock_offset")
+        step = self.clock.since_boot_offset(tuple(json.loads(stored)) if stored else None)
+        if step is not None:
+            self._on_clock_step(step)
+        self.store.set_meta("clock_offset", json.dumps([boot_id(), self.clock.offset]))
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -141,6 +187,9 @@ class Site:
                  asyncio.create_task(self._tick_loop(), name="tick")]
         tasks += [asyncio.create_task(self._poll_loop(evse), name=f"poll-{evse.evse_id}")
                   for evse in self.evses.values()]
+        if self.load is not None:
+            tasks.append(asyncio.create_task(self.load.run(), name="load-management"))
+        tasks.append(asyncio.create_task(watchdog.watch(self), name="watchdog"))  # fed while healthy
         _notify_systemd("READY=1")
         try:
             waiter = asyncio.create_task(stop.wait())
@@ -159,7 +208,11 @@ class Site:
                 self.link.publish(self.topics.state, json.dumps({"online": False}), retain=True)
                 await asyncio.sleep(0.1)
             self.link.stop()
+            for evse in self.evses.values():
+                if getattr(evse.charger, "energy_counter", None) is not None:
+                    evse.charger.energy_counter.flush()
             await self.buses.aclose()
+            await self.user_lists.aclose()
             self.store.close()
 
     def _resume_sessions(self) -> None:
@@ -170,17 +223,24 @@ class Site:
                           "it stays open in the database", record.id, record.evse_id)
                 continue
             evse.record = record
+            last = self.store.last_sample(record.id)
             evse.machine.session = ActiveSession(
                 id=record.id, token=record.token, decision_method=record.auth,
                 meter_start_wh=record.meter_start_wh, started_mono=time.monotonic(),
-                last_sample_mono=time.monotonic(), recovering=True)
+                last_sample_mono=time.monotonic(), recovering=True,
+                energy_offset_wh=record.energy_offset_wh,
+                last_energy_wh=last["energy_wh"] if last else record.meter_start_wh)
+            if self.load is not None:
+                self.load.session_started(record.evse_id)
             log.info("session %s on EVSE %s was running when the agent stopped; "
                      "the charger's next reading decides whether it goes on", record.id, record.evse_id)
 
     # -- chargers --------------------------------------------------------------------------
 
     async def _poll_loop(self, evse: Evse) -> None:
-        interval = self.config.sessions.poll_interval_s
+        # Some models need a keep-alive more often than the poll (Schneider's life bit: 2 s).
+        interval = min(self.config.sessions.poll_interval_s,
+                       getattr(evse.charger, "keepalive_interval_s", None) or math.inf)
         while True:
             started = time.monotonic()
             async with evse.lock:
@@ -190,14 +250,16 @@ class Site:
     async def _poll_once(self, evse: Evse) -> None:
         try:
             if evse.needs_setup:
-                await evse.charger.setup()
                 if evse.machine.session is None:
                     await evse.charger.enable(False)  # nobody charges without authorization
+                await evse.charger.setup()
                 evse.needs_setup = False
             reading = await evse.charger.poll()
             await evse.charger.keepalive()
         except DeviceError as exc:
             evse.failed_polls += 1
+            if self.load is not None:
+                self.load.charger_unavailable(evse.evse_id)
             if evse.failed_polls == FAULT_AFTER_FAILED_POLLS:
                 log.error("EVSE %s unavailable: %s", evse.evse_id, exc)
                 evse.machine.on_fault(f"charger not responding: {exc}")
@@ -209,8 +271,28 @@ class Site:
             self._record_event("evse_fault", {"evse_id": evse.evse_id, "error": None,
                                               "ts": rfc3339(utc_now())})
         evse.failed_polls = 0
+        # A charger reporting an error state faults too: one evse_fault when it starts, one when it clears.
+        charger_error = (f"charger reports IEC 61851 state {reading.iec61851} (error)"
+                         if reading.iec61851 in ("E", "F") else None)
+        if charger_error != evse.charger_error:
+            if charger_error:
+                log.error("EVSE %s faulted: %s", evse.evse_id, charger_error)
+            else:
+                log.warning("EVSE %s: the charger's error state cleared", evse.evse_id)
+            self._record_event("evse_fault", {"evse_id": evse.evse_id, "error": charger_error,
+                                              "ts": rfc3339(utc_now())})
+            evse.charger_error = charger_error
+        if self.load is not None:
+            self.load.charger_reading(evse.evse_id, reading)
+        was_plugged = evse.machine.plugged
         actions = evse.machine.on_reading(reading, now=time.monotonic(), at=utc_now())
         await self._execute(evse, actions)
+        if self._site_wide is not None and not was_plugged and evse.machine.plugged \
+                and evse.machine.can_start() is None and evse.machine.pending is None:
+            decision, self._site_wide = self._site_wide[0], None
+            log.info("EVSE %s: the vehicle plugged in takes the site-wide reader's %s", evse.evse_id,
+                     decision.summary)
+            await self._execute(evse, evse.machine.on_authorized(decision, now=time.monotonic(), at=utc_now()))
 
     async def _execute(self, evse: Evse, actions: list[Action]) -> None:
         """Carries out the machine's actions in order; called with evse.lock held."""
@@ -218,19 +300,54 @@ class Site:
         while queue:
             action = queue.pop(0)
             if isinstance(action, StartSession):
-                queue[:0] = self._start_session(evse, action)
+                try:
+                    queue[:0] = self._start_session(evse, action)
+                except sqlite3.OperationalError as exc:
+                    if not self._storage_failed(exc, f"starting a session on EVSE {evse.evse_id}"):
+                        raise
+                    log.error("EVSE %s: %s may not charge: the session cannot be recorded", evse.evse_id,
+                              action.decision.summary)
             elif isinstance(action, Offer):
-                await self._offer(evse, action.amps)
+                if action.reassert:
+                    log.warning("EVSE %s: the charger offers %s A, not the %s A it was told (a reboot?); "
+                                "setting it up again", evse.evse_id,
+                                evse.machine.reading.offered_current_a if evse.machine.reading else "?",
+                                action.amps)
+                    evse.needs_setup = True
+                await self._offer(evse, action.amps, reassert=action.reassert)
+            elif isinstance(action, EnergyCounterRebased):
+                if evse.record is not None:
+                    self.store.set_energy_offset(evse.record.id, action.offset_wh)
+                log.warning("EVSE %s: energy counter: %s", evse.evse_id, action.detail)
             elif isinstance(action, RecordSample):
-                self._record_sample(evse, action.reading, action.charging, action.at)
+                try:
+                    self._record_sample(evse, action.reading, action.charging, action.at)
+                except sqlite3.OperationalError as exc:
+                    if not self._storage_failed(exc, "recording a meter sample"):
+                        raise
             elif isinstance(action, EndSession):
-                await self._end_session(evse, action)
+                try:
+                    await self._end_session(evse, action)
+                except sqlite3.OperationalError as exc:
+                    if not self._storage_failed(exc, f"recording the end of session on EVSE {evse.evse_id}"):
+                        raise
             elif isinstance(action, AuthorizationTimedOut):
                 log.info("EVSE %s: no vehicle within %ss after %s; authorization dropped", evse.evse_id,
                          self.config.authorization.connect_timeout_s, action.decision.summary)
 
-    async def _offer(self, evse: Evse, amps: float) -> None:
+    async def _offer(self, evse: Evse, amps: float, *, reassert: bool = False) -> None:
         try:
+            if evse.needs_setup:
+                await evse.charger.setup()
+                evse.needs_setup = False
+            if self.load is not None and not reassert:
+                if amps > 0:  # the site's share decides the current; others are lowered first
+                    self.load.session_started(evse.evse_id, max_current_a=amps)
+                    return
+                await evse.charger.enable(False)  # the authorization gate stays here
+                self.load.session_ended(evse.evse_id, stopped=True)
+                evse.machine.offered_a = 0.0
+                return
             if amps > 0:
                 await evse.charger.set_max_current(amps)
                 await evse.charger.enable(True)
@@ -261,7 +378,7 @@ class Site:
             user_id=user.id if user else None, group=group, user_name=user.name if user else None,
             auth=decision.method or "local_list", started_at=rfc3339(action.at), meter_start_wh=energy,
             tariff_id=tariff_id, tariffs_version=tariffs_version, offline_start=not self.link.connected,
-            clock_synced=clock_synced())
+            clock_synced=self.clock.synced())
         self.store.start_session(record, ts=record.started_at, offline=not self.link.connected)
         self.store.add_sample(record.id, ts=record.started_at, energy_wh=energy,
                               power_w=action.reading.measurement.power_w,
@@ -285,6 +402,7 @@ class Site:
         ts = rfc3339(at)
         self.store.add_sample(record.id, ts=ts, energy_wh=m.energy_wh, power_w=m.power_w,
                               current_a=m.currents_a, charging=charging)
+        self._storage_recovered()
         evse.batch.append({"ts": ts, "energy_wh": m.energy_wh, "power_w": m.power_w,
                            "current_a": list(m.currents_a) if m.currents_a else None})
 
@@ -299,62 +417,89 @@ class Site:
         record = evse.record
         if record is None:
             return
-        reading = action.reading
-        at = action.at
-        if reading is None or reading.measurement.energy_wh is None:
+        # The stop reading is taken after the charger was paused, so nothing is drawn after it
+        # that no session pays for; the reading that triggered the end is the fallback.
+        reading, at = action.reading, action.at
+        if not action.final:
             try:
-                reading = await evse.charger.poll()
+                reading = evse.machine.corrected(await evse.charger.poll(), now=time.monotonic())
                 at = utc_now()
             except DeviceError as exc:
                 log.warning("EVSE %s: no fresh reading to end session %s (%s); using the last one",
                             evse.evse_id, record.id, exc)
-                reading = evse.machine.reading
+                reading = reading or evse.machine.reading
+        evse.unrecorded_end = EndSession(action.reason, reading, at, final=True)
         samples = self.store.samples(record.id)
         stop_wh = reading.measurement.energy_wh if reading is not None else None
         if stop_wh is None:
             stop_wh = samples[-1]["energy_wh"] if samples else record.meter_start_wh
         stop_wh = max(stop_wh, record.meter_start_wh)
-        ended_at = rfc3339(at)
+        # A clock that stepped backwards must not give a negative duration.
+        ended_at = rfc3339(max(at, parse_rfc3339(samples[-1]["ts"]) if samples else at,
+                               parse_rfc3339(record.started_at)))
         self._flush_meter_values(evse)
-        meter_samples = [MeterSample(ts=parse_rfc3339(s["ts"]), energy_wh=s["energy_wh"],
-                                     power_w=s["power_w"], charging=s["charging"]) for s in samples]
+        meter_samples = [MeterSample.from_json(s) for s in samples]
         meter_samples.append(MeterSample(ts=parse_rfc3339(ended_at), energy_wh=stop_wh,
                                          power_w=None, charging=False))
-        cost, charging_s, parking_s = self._price(record, meter_samples)
+        priced = self._price(record, meter_samples)
+        cost = priced.cost_json
         ended = {"ended_at": ended_at, "meter_stop_wh": stop_wh,
-                 "energy_wh": stop_wh - record.meter_start_wh, "charging_s": charging_s,
-                 "parking_s": parking_s, "reason": action.reason, "cost": json.dumps(cost)}
-        data = {**record.started_event_data(), **ended, "cost": cost}
+                 "energy_wh": stop_wh - record.meter_start_wh, "charging_s": priced.charging_s,
+                 "parking_s": priced.parking_s, "reason": action.reason, "cost": json.dumps(cost)}
+        data = {**record.started_event_data(), **ended, "cost": cost, "charging_periods": priced.periods_json,
+                "clock_synced": record.clock_synced and self.clock.synced()}
         self.store.end_session(record.id, ended=ended, event_data=data, ts=ended_at,
                                offline=not self.link.connected)
+        evse.unrecorded_end = None
+        self._storage_recovered()
         self.outbox.wake()
         evse.machine.session_ended()
+        if self.load is not None:
+            self.load.session_ended(evse.evse_id)
         evse.record = None
         log.info("EVSE %s: session %s ended (%s): %d Wh, %s %s", evse.evse_id, record.id, action.reason,
                  ended["energy_wh"], cost["incl_vat"], cost["currency"] or "(free)")
 
-    def _price(self, record: SessionRecord, samples: list[MeterSample]) -> tuple[dict[str, Any], int, int]:
-        periods = periods_from_samples(samples, tz=self.config.timezone)
-        charging_s = int(sum((p.charging_h for p in periods), Decimal(0)) * 3600)
-        parking_s = int(sum((p.parking_h for p in periods), Decimal(0)) * 3600)
-        free = {"currency": None, "excl_vat": 0, "incl_vat": 0, "tariff_id": None}
-        if record.tariff_id is None or record.tariffs_version is None:
-            return free, charging_s, parking_s
-        tariffs = self.store.tariff_list(record.tariffs_version) or {}
-        tariff_obj = next((t for t in tariffs.get("tariffs", []) if t.get("id") == record.tariff_id), None)
-        if tariff_obj is None:
-            log.error("session %s: tariff %s of list version %s is gone; billed as free",
-                      record.id, record.tariff_id, record.tariffs_version)
-            return free, charging_s, parking_s
-        tariff = parse_tariff(tariff_obj)
-        cost = price_periods(tariff, periods_from_samples(samples, tz=self.config.timezone, tariff=tariff),
-                             session_start=samples[0].ts, session_end=samples[-1].ts,
-                             tz=self.config.timezone)
-        return {**cost.to_json(), "tariff_id": record.tariff_id}, charging_s, parking_s
+    def _price(self, record: SessionRecord, samples: list[MeterSample]) -> SessionPrice:
+        """Prices with the tariff list version in force when the session started (the store keeps
+        it while the session runs), whatever list arrived since."""
+        tariff_obj = None
+        if record.tariff_id is not None and record.tariffs_version is not None:
+            tariff_obj = tariff_in_list(self.store.tariff_list(record.tariffs_version), record.tariff_id)
+            if tariff_obj is None:
+                log.error("session %s: tariff %s of list version %s is gone; billed as free",
+                          record.id, record.tariff_id, record.tariffs_version)
+        try:
+            return price_session(tariff_obj, record.tariff_id, samples, tz=self.config.timezone)
+        except (TariffError, ValueError) as exc:
+            log.error("session %s: cannot price with tariff %s of list version %s (%s); billed as free",
+                      record.id, record.tariff_id, record.tariffs_version, exc)
+            return price_session(None, None, samples, tz=self.config.timezone)
 
     def _record_event(self, type_: str, data: dict[str, Any]) -> None:
-        self.store.append_event(type_, data, ts=rfc3339(utc_now()), offline=not self.link.connected)
+        try:
+            self.store.append_event(type_, data, ts=rfc3339(utc_now()), offline=not self.link.connected)
+        except sqlite3.OperationalError as exc:
+            if not self._storage_failed(exc, f"recording a {type_} event"):
+                raise
+            return
         self.outbox.wake()
+
+    def _storage_failed(self, exc: sqlite3.OperationalError, what: str) -> bool:
+        """True for a full disk (logged once, reported in ~/state); other errors are not ours to hide."""
+        text = str(exc).lower()
+        if "full" not in text and "disk i/o" not in text:
+            return False
+        if self.storage_error is None:
+            log.error("storage: %s failed: %s. Charging goes on; what is decided is kept in memory and "
+                      "written when space returns; no new session starts until then", what, exc)
+        self.storage_error = f"{what}: {exc}"
+        return True
+
+    def _storage_recovered(self) -> None:
+        if self.storage_error is not None:
+            log.warning("storage writable again")
+            self.storage_error = None
 
     # -- taps ------------------------------------------------------------------------------
 
@@ -368,14 +513,34 @@ class Site:
         for evse in self.evses.values():  # a site-wide reader: the card's own session first
             if evse.machine.session is not None and evse.machine.session.token == tap.token:
                 return evse
-        free = [e for e in self.evses.values() if e.machine.can_start() is None and e.machine.pending is None]
-        plugged = [e for e in free if e.machine.plugged]
-        return (plugged or free or [None])[0]
+        waiting = [e for e in self.evses.values()
+                   if e.machine.plugged and e.machine.can_start() is None and e.machine.pending is None]
+        return waiting[0] if waiting else None
+
+    async def _site_wide_tap(self, tap: Tap) -> None:
+        """No vehicle waits yet: the card's authorization goes to the next EVSE plugged in."""
+        if self._site_wide is not None and self._site_wide[0].token == tap.token:
+            self._site_wide = None
+            log.info("site-wide reader: %s tapped again; authorization cancelled", tap.token)
+            return
+        decision = await self.authorizer.authorize(tap.token, evse_id=None)
+        log.info("site-wide reader: %s", decision.summary)
+        if not decision.accepted:
+            self._record_event("auth_rejected", {"token": tap.token, "evse_id": None,
+                                                 "reason": decision.reason, "ts": rfc3339(utc_now())})
+            return
+        timeout = self.config.authorization.connect_timeout_s
+        self._site_wide = (decision, time.monotonic() + timeout)
+        log.info("site-wide reader: the next vehicle plugged in within %g s charges for %s", timeout,
+                 decision.token)
 
     async def on_tap(self, tap: Tap) -> None:
         evse = self._evse_for_tap(tap)
         if evse is None:
-            log.warning("tap %s from reader %s: no EVSE can take it", tap.token, tap.reader)
+            if tap.evse_id is None:
+                await self._site_wide_tap(tap)
+            else:
+                log.warning("tap %s from reader %s: unknown EVSE %s", tap.token, tap.reader, tap.evse_id)
             return
         machine = evse.machine
         if machine.session is not None:
@@ -402,7 +567,7 @@ class Site:
         async with evse.lock:
             await self._execute(evse, machine.on_authorized(decision, now=time.monotonic(), at=utc_now()))
 
-    async def _ask_online(self, token: str, evse_id: str) -> OnlineAnswer | None:
+    async def _ask_online(self, token: str, evse_id: str | None) -> OnlineAnswer | None:
         request_id = str(uuid.uuid4())
         future: asyncio.Future[OnlineAnswer] = asyncio.get_running_loop().create_future()
         self._pending_auth[request_id] = future
@@ -415,6 +580,12 @@ class Site:
             log.info("no answer to auth request for %s within %ss; deciding offline", token,
                      self.config.authorization.online_timeout_s)
             return None
+        except asyncio.CancelledError:
+            current = asyncio.current_task()
+            if current is not None and current.cancelling():
+                raise  # the agent is stopping
+            log.info("cloud link lost while asking about %s; deciding offline", token)
+            return None  # the link dropped: _on_disconnected cancelled the question
         finally:
             self._pending_auth.pop(request_id, None)
 
@@ -424,6 +595,16 @@ class Site:
         while True:
             await asyncio.sleep(0.25)
             now = time.monotonic()
+            if (step := self.clock.jump()) is not None:
+                self._on_clock_step(step)
+            if self._site_wide is not None and now >= self._site_wide[1]:
+                log.info("site-wide reader: no vehicle plugged in for %s; authorization dropped",
+                         self._site_wide[0].summary)
+                self._site_wide = None
+            for evse in self.evses.values():
+                if evse.unrecorded_end is not None and evse.record is not None:
+                    async with evse.lock:
+                        await self._execute(evse, [evse.unrecorded_end])
             for evse in self.evses.values():
                 if evse.machine.pending is not None:
                     async with evse.lock:
@@ -432,6 +613,21 @@ class Site:
                     self._flush_meter_values(evse)
                 self._publish_status(evse, now)
             self._publish_state(now)
+            publish_runtime_status(self, now)  # tmpfs, once a second: `edge-agent status`
+
+    def _on_clock_step(self, step: float) -> None:
+        """The wall clock stepped (NTP's first sync, a technician): running sessions keep the
+        durations the monotonic clock measured, their times move with the clock."""
+        log.warning("the wall clock stepped by %+.1f s%s; running sessions' times follow it", step,
+                    "" if self.clock.synced() else " (not synchronised yet)")
+        for evse in self.evses.values():
+            if evse.record is None:
+                continue
+            self.store.shift_session_times(evse.record.id, step)
+            evse.record = self.store.sessions(where="id = ?", params=[evse.record.id])[0]
+            for sample in evse.batch:
+                sample["ts"] = rfc3339(parse_rfc3339(sample["ts"]) + timedelta(seconds=step))
+        self.store.set_meta("clock_offset", json.dumps([boot_id(), self.clock.offset]))
 
     def _publish_status(self, evse: Evse, now: float, *, force: bool = False) -> None:
         if not self.link.connected:
@@ -443,22 +639,60 @@ class Site:
             return
         reading = m.reading
         measurement = reading.measurement if reading else None
+        # cost_so_far: the price if the session ended now (incl. VAT, the tariff's currency), from a
+        # RunningCost per session fed the stored samples. _record_sample appends to evse.batch right
+        # after storing a sample, so the store is read again only when (batch_started, len) moved.
+        cost_so_far: float | None = None
+        running = self._running_costs
+        record = evse.record
+        if m.session is None or record is None:
+            running.pop(evse.evse_id, None)
+        else:
+            entry = running.get(evse.evse_id)
+            if entry is None or entry[0] != record.id:
+                tariff_obj = (tariff_in_list(self.store.tariff_list(record.tariffs_version), record.tariff_id)
+                              if record.tariffs_version is not None else None)
+                entry = running[evse.evse_id] = [record.id, None, None]
+                try:
+                    entry[1] = RunningCost(tariff_obj, record.tariff_id, tz=self.config.timezone)
+                except (TariffError, ValueError) as exc:
+                    log.error("session %s: no running cost (%s)", record.id, exc)
+            meter: RunningCost | None = entry[1]
+            try:
+                mark = (evse.batch_started, len(evse.batch))
+                if meter is not None and mark != entry[2]:
+                    for row in self.store.samples(record.id)[meter.sample_count:]:
+                        meter.add(MeterSample.from_json(row))
+                    entry[2] = mark
+                if meter is not None:
+                    energy = measurement.energy_wh if measurement else None
+                    if energy is None:
+                        energy = meter.last_sample.energy_wh if meter.last_sample else record.meter_start_wh
+                    cost_so_far = meter.cost_so_far(MeterSample(
+                        ts=utc_now(), energy_wh=max(energy, record.meter_start_wh), power_w=None, charging=False))
+            except Exception:  # a display value must never stop the agent; say it once per session
+                log.exception("session %s: running cost failed; cost_so_far stays null", record.id)
+                entry[1] = None
         payload = {"evse_id": evse.evse_id, "status": key[0],
                    "iec61851": reading.iec61851 if reading else None, "session_id": key[1],
                    "offered_current_a": float(m.offered_a),
                    "power_w": measurement.power_w if measurement else None,
                    "energy_wh": measurement.energy_wh if measurement else None,
-                   "error": m.fault, "ts": rfc3339(utc_now())}
+                   "cost_so_far": cost_so_far,
+                   "error": m.fault or evse.charger_error, "ts": rfc3339(utc_now()),
+                   **(self.load.evse_status(evse.evse_id) if self.load is not None else {})}
         if self.link.publish(self.topics.evse_status(evse.evse_id), json.dumps(payload), retain=True) is not None:
             evse.published_status, evse.status_published_at = key, now
 
     def state(self) -> dict[str, Any]:
         return {"online": True, "version": __version__, "boot_id": self.boot_id,
-                "started_at": self.started_at, "clock_synced": clock_synced(),
+                "started_at": self.started_at, "clock_synced": self.clock.synced(),
                 "users_version": self.store.list_version("users"),
                 "tariffs_version": self.store.list_version("tariffs"),
                 "outbox_pending": self.store.outbox_pending(),
-                "rejected_messages": self.rejected_messages, "evses": list(self.evses)}
+                "rejected_messages": self.rejected_messages, "evses": list(self.evses),
+                "users_list_error": self.user_lists.error, "storage_error": self.storage_error,
+                **({"load_management": self.load.state()} if self.load is not None else {})}
 
     def _publish_state(self, now: float) -> None:
         if not self.link.connected:
@@ -491,17 +725,21 @@ class Site:
         self.store.db.execute(
             "INSERT INTO counters(name, value) VALUES ('rejected_messages', ?) "
             "ON CONFLICT(name) DO UPDATE SET value = excluded.value", [self.rejected_messages])
-        log.warning("rejected message on %s: %s", topic, error)
+        self.rejections.note(topic, error)
 
     def _on_message(self, message: Inbound) -> None:
         topic = message.topic
+        if not topic.startswith(self.topics.root + "/"):
+            # Every subscription is under ~/; whatever else a broker delivers is not ours to act on.
+            log.debug("message on %s ignored: not under %s/", topic, self.topics.root)
+            return
         try:
             if topic == self.topics.ack:
                 self.outbox.on_acknowledged(check_ack(parse_json_object(message.payload)))
             elif topic == self.topics.users:
-                apply_user_list(self.store, parse_json_object(message.payload))
+                self.user_lists.offer_full(topic, message.payload)
             elif topic == self.topics.users_delta:
-                apply_user_delta(self.store, parse_json_object(message.payload))
+                self.user_lists.offer_delta(topic, message.payload)
             elif topic == self.topics.tariffs:
                 apply_tariff_list(self.store, parse_json_object(message.payload))
             elif topic == self.topics.auth_response:
@@ -512,6 +750,9 @@ class Site:
             elif (name := self.topics.command_name(topic)) is not None:
                 asyncio.ensure_future(self._on_command(name, message))
         except PayloadError as exc:
+            self._reject_message(topic, exc)
+        except Exception as exc:  # noqa: BLE001 - no message may take the agent down
+            log.exception("unexpected failure handling a message on %s", topic)
             self._reject_message(topic, exc)
 
     # -- commands --------------------------------------------------------------------------
@@ -539,21 +780,36 @@ class Site:
             self._reject_message(message.topic, exc)
             self._answer(None, "error", str(exc))
             return
+        running = self._commands_running.get(request_id)
+        if running is not None:
+            # The same request again while the first is being carried out (a QoS 1 re-delivery):
+            # wait for its answer and repeat it; never carry it out twice.
+            await asyncio.shield(running)
         previous = self.store.command_result(request_id)
         if previous is not None:
             self.link.publish(self.topics.result, previous.body)
             return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._commands_running[request_id] = done
         try:
-            command = check_command(name, obj)
-        except PayloadError as exc:
-            self._reject_message(message.topic, exc)
-            self._answer(request_id, "error", str(exc))
-            return
-        if command.expires_at is not None and command.expires_at <= utc_now():
-            self._answer(request_id, "expired", f"expired at {rfc3339(command.expires_at)}")
-            return
-        status, detail = await self._carry_out(command.name, command.fields)
-        self._answer(request_id, status, detail)
+            try:
+                command = check_command(name, obj)
+            except PayloadError as exc:
+                self._reject_message(message.topic, exc)
+                self._answer(request_id, "error", str(exc))
+                return
+            if command.expires_at is not None and command.expires_at <= utc_now():
+                self._answer(request_id, "expired", f"expired at {rfc3339(command.expires_at)}")
+                return
+            try:
+                status, detail = await self._carry_out(command.name, command.fields)
+            except Exception as exc:  # noqa: BLE001 - every command gets exactly one answer
+                log.exception("command %s (%s) failed", request_id, name)
+                status, detail = "error", f"the gateway failed to carry it out: {type(exc).__name__}: {exc}"
+            self._answer(request_id, status, detail)
+        finally:
+            del self._commands_running[request_id]
+            done.set_result(None)
 
     async def _carry_out(self, name: str, fields: dict[str, Any]) -> tuple[str, str]:
         if name == "start":
@@ -601,22 +857,68 @@ class Site:
             self._state_force = True
             return "accepted", f"local {fields['what']} version forgotten; the next full list is applied"
         if name == "set_site_limit":
-            return "rejected", "load management is not configured on this gateway"
+            if self.load is None:
+                return "rejected", "load management is not configured on this gateway (no site: section)"
+            try:
+                limit = self.load.set_site_limit(fields["max_current_a"], until=fields["until"])
+            except ValueError as exc:
+                return "rejected", str(exc)
+            return "accepted", f"site limit {limit}"
         return "error", f"unknown command {name!r}"
 
+    # -- the technician's live view -----------------------------------------------------------
 
-def _tls_files(tls: Any) -> TlsFiles | None:
-    if tls is None:
-        return None
-    as_text = lambda path: str(path) if path is not None else None  # noqa: E731
-    return TlsFiles(as_text(tls.ca_file), as_text(tls.cert_file), as_text(tls.key_file))
+    def runtime_status(self) -> dict[str, Any]:
+        """What `edge-agent status` shows; written once a second to tmpfs, never to the database."""
+        now = time.monotonic()
+        chargers = {c.evse_id: c for c in self.config.chargers}
+        evses = []
+        for evse in self.evses.values():
+            m, cfg = evse.machine, chargers.get(evse.evse_id)
+            measurement = m.reading.measurement if m.reading else None
+            session = None
+            if m.session is not None:
+                record, last_wh = evse.record, getattr(m.session, "last_energy_wh", None)
+                session = {"id": m.session.id, "token": m.session.token, "auth": m.session.decision_method,
+                           "user_id": record.user_id if record else None,
+                           "user_name": record.user_name if record else None,
+                           "started_at": record.started_at if record else None,
+                           "offline_start": record.offline_start if record else None,
+                           "energy_wh": last_wh - m.session.meter_start_wh if last_wh is not None else None}
+            pending = None
+            if m.pending is not None:
+                who = m.pending.decision.user
+                pending = {"token": m.pending.decision.token, "user_name": who.name if who else None,
+                           "expires_in_s": round(max(0.0, m.pending.deadline - now), 1)}
+            evses.append({
+                "evse_id": evse.evse_id, "model": cfg.model if cfg else None,
+                "endpoint": (f"{cfg.host}:{cfg.port}" if cfg.host else f"{cfg.serial} unit {cfg.unit}") if cfg else None,
+                "status": m.status(), "iec61851": m.reading.iec61851 if m.reading else None,
+                "available": m.available, "fault": m.fault, "failed_polls": evse.failed_polls,
+                "offered_a": float(m.offered_a),
+                "currents_a": list(measurement.currents_a) if measurement and measurement.currents_a else None,
+                "power_w": measurement.power_w if measurement else None,
+                "register_wh": measurement.energy_wh if measurement else None,
+                "pending": pending, "session": session})
+        readers = [{"name": r.name, "port": getattr(r, "port", None), "evse_id": r.evse_id,
+                    "healthy": r.healthy, "last_error": r.last_error,
+                    "frames_ok": getattr(r, "frames_ok", None), "frames_bad": getattr(r, "frames_bad", None)}
+                   for r in self.readers]
+        return {"gateway_id": self.config.gateway_id, "version": __version__, "boot_id": self.boot_id,
+                "started_at": self.started_at, "clock_synced": self.clock.synced(),
+                "cloud": {"connected": self.link.connected, "host": self.config.cloud.host,
+                          "port": self.config.cloud.port, "last_error": self.link.last_error},
+                "outbox": {"pending": self.store.outbox_pending(), "last_seq": self.store.counter("seq"),
+                           "published": self.outbox.published, "resent": self.outbox.resent},
+                "lists": {"users_version": self.store.list_version("users"), "users": self.store.user_count(),
+                          "tariffs_version": self.store.list_version("tariffs")},
+                "rejected_messages": self.rejected_messages, "evses": evses, "readers": readers}
 
 
-def _read_secret(path: Any) -> str | None:
-    if path is None:
-        return None
-    with open(path, encoding="utf-8") as handle:
-        return handle.read().strip()
+def _create_site_meter(meter: Any, registry: BusRegistry) -> Any:
+    return create_meter(model=meter.model, name="site meter", registry=registry, transport=meter.transport,
+                        host=meter.host, port=meter.port, serial=meter.serial, baudrate=meter.baudrate,
+                        parity=meter.parity, stopbits=meter.stopbits, unit=meter.unit)
 
 
 def _notify_systemd(message: str) -> None:

@@ -3,6 +3,11 @@
     with MosquittoBroker() as broker:
         client.connect(broker.host, broker.port)
         broker.restart()        # same port, same persistence file
+
+Optional extra listeners next to the plain one (which the simulated cloud keeps using):
+a TLS listener (`tls=TlsListener(...)`, e.g. with require_certificate) on `broker.tls_port`,
+and a listener that wants a user name and password (`password=PasswordListener(...)`) on
+`broker.password_port`.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -22,6 +28,28 @@ FALLBACK_MOSQUITTO_PATH = "/usr/sbin/mosquitto"
 
 class MosquittoError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True, slots=True)
+class TlsListener:
+    """A TLS listener: the broker's certificate and key, and the CA its clients' certificates
+    must chain to (with require_certificate, a client without one is refused)."""
+
+    ca_file: Path
+    cert_file: Path
+    key_file: Path
+    require_certificate: bool = True
+    use_identity_as_username: bool = False
+    tls_version: str | None = None  # e.g. "tlsv1.2"; None: mosquitto's default (1.2 and 1.3)
+    port: int | None = None  # None: a free port, kept across restarts
+
+
+@dataclass(frozen=True, slots=True)
+class PasswordListener:
+    """A plain listener that refuses anonymous clients; `users` maps user name -> password."""
+
+    users: tuple[tuple[str, str], ...]
+    port: int | None = None
 
 
 def find_mosquitto() -> str:
@@ -57,6 +85,8 @@ class MosquittoBroker:
         max_inflight_messages: int = 20,
         extra_config: str = "",
         start_timeout_s: float = 5.0,
+        tls: TlsListener | None = None,
+        password: PasswordListener | None = None,
     ) -> None:
         self._executable = find_mosquitto()
         self.host = host
@@ -72,6 +102,11 @@ class MosquittoBroker:
         self.max_inflight_messages = max_inflight_messages
         self.extra_config = extra_config
         self.start_timeout_s = start_timeout_s
+        self.tls = tls
+        self.tls_port = (tls.port or find_free_port(host)) if tls is not None else None
+        self.password = password
+        self.password_port = (password.port or find_free_port(host)) if password is not None else None
+        self.password_file = self.workdir / "passwords"
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,12 +119,35 @@ class MosquittoBroker:
 
     def config_text(self) -> str:
         lines = []
+        if self.password is not None:
+            # Otherwise allow_anonymous and password_file would apply to every listener.
+            lines.append("per_listener_settings true")
         # Started as root, mosquitto drops to user `mosquitto`, which cannot write our tmp dir.
         if os.geteuid() == 0:
             lines.append("user root")
         lines += [
             f"listener {self.port} {self.host}",
             "allow_anonymous true",
+        ]
+        if self.tls is not None:
+            lines += [
+                f"listener {self.tls_port} {self.host}",
+                "allow_anonymous true",
+                f"cafile {self.tls.ca_file}",
+                f"certfile {self.tls.cert_file}",
+                f"keyfile {self.tls.key_file}",
+                f"require_certificate {'true' if self.tls.require_certificate else 'false'}",
+                f"use_identity_as_username {'true' if self.tls.use_identity_as_username else 'false'}",
+            ]
+            if self.tls.tls_version:
+                lines.append(f"tls_version {self.tls.tls_version}")
+        if self.password is not None:
+            lines += [
+                f"listener {self.password_port} {self.host}",
+                "allow_anonymous false",
+                f"password_file {self.password_file}",
+            ]
+        lines += [
             "persistence true",
             f"persistence_location {self.persistence_dir}/",
             # The default of 1000 silently drops QoS 1 messages for offline persistent sessions.
@@ -106,6 +164,8 @@ class MosquittoBroker:
         if self.running:
             return
         self.config_path.write_text(self.config_text())
+        if self.password is not None:
+            self._write_password_file()
         log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         with open(self.log_path, "ab") as log_file:
             # Own session and redirected output: an inherited stdout keeps `cmd | grep` pipes open.
@@ -171,6 +231,15 @@ class MosquittoBroker:
         except FileNotFoundError:
             return "(no log)"
         return "\n".join(text.splitlines()[-lines:])
+
+    def _write_password_file(self) -> None:
+        assert self.password is not None
+        self.password_file.write_text("")
+        self.password_file.chmod(0o600)
+        tool = shutil.which("mosquitto_passwd") or "/usr/bin/mosquitto_passwd"
+        for user, secret in self.password.users:
+            subprocess.run([tool, "-b", str(self.password_file), user, secret], check=True,
+                           capture_output=True)
 
     def _logged_running_since(self, offset: int) -> bool:
         with open(self.log_path, "rb") as log_file:

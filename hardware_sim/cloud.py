@@ -316,6 +316,13 @@ class SimCloud:
         payload = {"version": version, "base_version": base_version, "upsert": list(upsert), "remove": list(remove)}
         self.publish_json("config/users/delta", payload, retain=False)
 
+    def publish_users_url(self, version: int, url: str, sha256: str) -> None:
+        """A full user list by URL: `{"version", "url", "sha256"}`, retained like an inline one."""
+        payload = {"version": version, "url": url, "sha256": sha256}
+        with self._lock:
+            self._published_users = payload
+        self.publish_json("config/users", payload, retain=True)
+
     def publish_tariffs(
         self, version: int, groups: dict[str, str], default: str | None, tariffs: list[dict[str, Any]]
     ) -> None:
@@ -569,3 +576,141 @@ def _matches(event: dict[str, Any], match: dict[str, Any]) -> bool:
 
 
 _MISSING = object()
+
+
+# ---- user lists by URL: a small HTTPS file server ------------------------------------------------
+
+
+class ListServerFault:
+    """What the server does wrong for one file: answer `status`, cut the body after
+    `truncate_at` bytes (announcing the full length), send `bytes_per_s` slowly, or serve other
+    bytes than were put (`body`). `times`: how many requests get the fault (None: all)."""
+
+    def __init__(self, *, status: int | None = None, truncate_at: int | None = None,
+                 bytes_per_s: float | None = None, body: bytes | None = None,
+                 times: int | None = None) -> None:
+        self.status, self.truncate_at, self.bytes_per_s, self.body = status, truncate_at, bytes_per_s, body
+        self.times = times
+
+
+class ListServer:
+    """HTTPS on 127.0.0.1 (a thread), serving files put with `put(name, body)` at `url(name)`.
+
+    Tests make it fail on purpose with `fault(name, ListServerFault(...))`; `requests` lists the
+    paths asked for and `sent` the bytes sent per request.
+    """
+
+    def __init__(self, *, cert_file: str | Any, key_file: str | Any, host: str = "127.0.0.1",
+                 hostname: str = "localhost") -> None:
+        import http.server
+        import ssl
+
+        self._files: dict[str, bytes] = {}
+        self._faults: dict[str, ListServerFault] = {}
+        self._lock = threading.Lock()
+        self.requests: list[str] = []
+        self.sent: list[int] = []
+        self.hostname = hostname
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - quiet
+                pass
+
+            def do_GET(self) -> None:  # noqa: N802 - http.server's name
+                name = self.path.lstrip("/").split("?", 1)[0]
+                with server._lock:
+                    server.requests.append(self.path)
+                    body = server._files.get(name)
+                    fault = server._faults.get(name)
+                    if fault is not None and fault.times is not None:
+                        fault.times -= 1
+                        if fault.times < 0:
+                            fault = None
+                if body is None:
+                    self._reply(404, b"not found")
+                    return
+                if fault is not None and fault.status is not None:
+                    self._reply(fault.status, b"fault")
+                    return
+                if fault is not None and fault.body is not None:
+                    body = fault.body
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                limit = len(body)
+                if fault is not None and fault.truncate_at is not None:
+                    limit = min(limit, fault.truncate_at)
+                sent = 0
+                step = 65536
+                try:
+                    while sent < limit:
+                        chunk = body[sent:min(limit, sent + step)]
+                        self.wfile.write(chunk)
+                        sent += len(chunk)
+                        if fault is not None and fault.bytes_per_s:
+                            self.wfile.flush()
+                            time.sleep(len(chunk) / fault.bytes_per_s)
+                    self.wfile.flush()
+                except OSError:
+                    pass
+                with server._lock:
+                    server.sent.append(sent)
+                if sent < len(body):
+                    self.close_connection = True
+                    try:
+                        self.connection.shutdown(2)
+                    except OSError:
+                        pass
+
+            def _reply(self, status: int, text: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(text)))
+                self.end_headers()
+                self.wfile.write(text)
+
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(str(cert_file), str(key_file))
+        self._httpd = http.server.ThreadingHTTPServer((host, 0), Handler)
+        self._httpd.daemon_threads = True
+        self._httpd.socket = context.wrap_socket(self._httpd.socket, server_side=True)
+        self.port = self._httpd.server_address[1]
+        self._thread = threading.Thread(target=self._httpd.serve_forever, name="list-server", daemon=True)
+        self._thread.start()
+
+    def put(self, name: str, body: bytes) -> str:
+        with self._lock:
+            self._files[name] = body
+        return self.url(name)
+
+    def fault(self, name: str, fault: ListServerFault | None) -> None:
+        with self._lock:
+            if fault is None:
+                self._faults.pop(name, None)
+            else:
+                self._faults[name] = fault
+
+    def url(self, name: str) -> str:
+        return f"https://{self.hostname}:{self.port}/{name}"
+
+    def close(self) -> None:
+        self._httpd.shutdown()
+        self._httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self) -> ListServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def user_list_file(version: int, users: list[dict[str, Any]]) -> tuple[bytes, str]:
+    """The bytes of a full user list file and their SHA-256 (hex)."""
+    import hashlib
+
+    body = json.dumps({"version": version, "users": users}, separators=(",", ":")).encode()
+    return body, hashlib.sha256(body).hexdigest()

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .broker import MosquittoBroker
+from .broker import MosquittoBroker, TlsListener
 from .chargers import SimCharger, SimChargerThread
 from .cloud import SimCloud
 from .pty import SocatPair
@@ -53,7 +53,12 @@ class SimulatedSite:
                  offline_unknown: str = "reject", poll_interval_s: float = 0.2,
                  ack_timeout_s: float = 5, meter_values_interval_s: float = 60,
                  connect_timeout_s: float = 30, online_timeout_s: float = 1.0,
-                 log_level: str = "INFO") -> None:
+                 status_heartbeat_s: float = 10.0, timezone: str = "Europe/Oslo", log_level: str = "INFO",
+                 broker_tls: TlsListener | None = None, agent_tls: dict[str, Path] | None = None,
+                 cloud_extra: str = "", data_dir: str | Path | None = None) -> None:
+        """broker_tls adds a TLS listener to the broker (the simulated cloud stays on the plain one);
+        agent_tls (keys ca_file, cert_file, key_file, each optional) points the agent at it;
+        cloud_extra is YAML added to the agent's cloud section (indented by two spaces)."""
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.gateway_id = gateway_id
@@ -61,8 +66,13 @@ class SimulatedSite:
         self.settings = dict(offline_unknown=offline_unknown, poll_interval_s=poll_interval_s,
                              ack_timeout_s=ack_timeout_s, meter_values_interval_s=meter_values_interval_s,
                              connect_timeout_s=connect_timeout_s, online_timeout_s=online_timeout_s,
-                             log_level=log_level)
-        self.broker = MosquittoBroker(workdir=self.workdir / "broker")
+                             status_heartbeat_s=status_heartbeat_s, timezone=timezone, log_level=log_level)
+        self.broker = MosquittoBroker(workdir=self.workdir / "broker", tls=broker_tls)
+        self.agent_tls = agent_tls
+        self.cloud_extra = cloud_extra
+        self.agent_broker_port: int | None = None  # e.g. a FaultyLink in front of the broker
+        self.site_wide_reader = False  # reader 1 serves the whole garage (no evse_id)
+        self.extra_config = ""  # YAML appended at the top level, e.g. a site: section
         self.rtu_bus = SocatPair(self.workdir / "rs485-agent", self.workdir / "rs485-sim",
                                  log_path=self.workdir / "socat-rs485.log")
         self.reader_ports = {
@@ -70,13 +80,15 @@ class SimulatedSite:
                             log_path=self.workdir / f"socat-reader{evse}.log") for evse in ("1", "2")}
         self.chargers = {"1": SimCharger("bender-cc613", speed=speed, energy_wh=1_000_000),
                          "2": SimCharger("heidelberg-energy-control", unit=1, speed=speed, energy_wh=2_500_000)}
+        self.initial_energy_wh = {evse: int(c.energy_wh) for evse, c in self.chargers.items()}
         self.sims = SimChargerThread()
         self.readers: dict[str, SimRdm6300] = {}
         self.cloud: SimCloud | None = None
         self.agent: subprocess.Popen[bytes] | None = None
         self.config_path = self.workdir / "site.yaml"
-        self.data_dir = self.workdir / "data"
+        self.data_dir = Path(data_dir) if data_dir is not None else self.workdir / "data"
         self.agent_log = self.workdir / "agent.log"
+        self.clock_marker = self.workdir / "clock-synchronized"
         self._tcp_port: int | None = None
 
     # -- lifetime ---------------------------------------------------------------------------
@@ -118,21 +130,25 @@ class SimulatedSite:
         s = self.settings
         return f"""\
 gateway_id: {self.gateway_id}
-timezone: Europe/Oslo
+timezone: {s['timezone']}
 data_dir: {self.data_dir}
 log_level: {s['log_level']}
 cloud:
   host: {self.broker.host}
-  port: {self.broker.port}
+  port: {self.agent_broker_port or (self.broker.tls_port if self.agent_tls is not None else self.broker.port)}
   ack_timeout_s: {s['ack_timeout_s']}
   reconnect_max_s: 2
-authorization:
+{self._cloud_tls_text()}authorization:
   offline_unknown: {s['offline_unknown']}
   online_timeout_s: {s['online_timeout_s']}
   connect_timeout_s: {s['connect_timeout_s']}
+clock:
+  synced_marker: {self.clock_marker}   # the test creates it when "NTP" has synchronised the clock
 sessions:
   poll_interval_s: {s['poll_interval_s']}
   meter_values_interval_s: {s['meter_values_interval_s']}
+  status_heartbeat_s: {s['status_heartbeat_s']}
+  max_plausible_power_kw: {100 * self.speed:g}   # the simulated cars charge {self.speed:g}x faster
 chargers:
   - evse_id: "1"
     model: bender-cc613
@@ -151,11 +167,19 @@ chargers:
 readers:
   - driver: rdm6300
     port: {self.reader_ports['1'].a}
-    evse_id: "1"
-  - driver: rdm6300
+{'' if self.site_wide_reader else '    evse_id: "1"' + chr(10)}  - driver: rdm6300
     port: {self.reader_ports['2'].a}
     evse_id: "2"
-"""
+{self.extra_config}"""
+
+    def _cloud_tls_text(self) -> str:
+        lines = []
+        if self.agent_tls is not None:
+            lines.append("  tls:")
+            lines += [f"    {key}: {path}" for key, path in self.agent_tls.items()]
+        if self.cloud_extra:
+            lines.append(self.cloud_extra.rstrip("\n"))
+        return "".join(line + "\n" for line in lines)
 
     # -- the agent process ------------------------------------------------------------------
 
@@ -191,10 +215,17 @@ readers:
     # -- what the residents do ----------------------------------------------------------------
 
     def publish_lists(self, *, users_version: int = 1, tariffs_version: int = 1,
-                      users: list[dict[str, Any]] | None = None) -> None:
+                      users: list[dict[str, Any]] | None = None,
+                      tariffs: dict[str, Any] | None = None) -> None:
+        """tariffs: {"groups", "default", "tariffs"} to publish instead of TARIFFS."""
         assert self.cloud is not None
         self.cloud.publish_users(users_version, users if users is not None else RESIDENTS)
-        self.cloud.publish_tariffs(tariffs_version, TARIFFS["groups"], TARIFFS["default"], TARIFFS["tariffs"])
+        self.publish_tariffs(tariffs_version, tariffs if tariffs is not None else TARIFFS)
+
+    def publish_tariffs(self, version: int, tariffs: dict[str, Any]) -> None:
+        """A new tariff list ({"groups", "default", "tariffs"}) from the cloud, e.g. mid-session."""
+        assert self.cloud is not None
+        self.cloud.publish_tariffs(version, tariffs["groups"], tariffs.get("default"), tariffs["tariffs"])
 
     def tap(self, evse_id: str, token: str) -> float:
         """A card held to the reader for a moment; returns when the last frame was written."""

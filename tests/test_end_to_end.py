@@ -223,3 +223,59 @@ def test_a_silent_charger_faults_alone_and_comes_back(site):
     assert site.cloud.wait_for(lambda: site.cloud.evse_status["2"]["status"] == "Available", 10)
     log = site.agent_log.read_text()
     assert log.count("EVSE 2 unavailable") == 1 and log.count("EVSE 2 back") == 1
+
+
+def test_a_site_wide_reader_gives_the_card_to_the_next_vehicle_plugged_in(tmp_path):
+    site = SimulatedSite(tmp_path / "site", speed=60, poll_interval_s=0.2)
+    site.site_wide_reader = True
+    with site:
+        assert 'evse_id: "1"' not in site.config_path.read_text().split("readers:")[1]
+        site.publish_lists()
+        assert lists_applied(site), site.agent_log_tail()
+        site.tap("1", OLA)  # reader 1 hangs by the garage door
+        time.sleep(1.0)
+        site.plug_and_charge("2")
+        started = site.cloud.wait_event("session_started", timeout=10)
+        assert started["data"]["evse_id"] == "2" and started["data"]["user_id"] == "u-1002"
+        time.sleep(2.5)
+        site.tap("1", OLA)  # the same card at the same reader ends it
+        ended = site.cloud.wait_event("session_ended", timeout=10)
+        assert ended["data"]["reason"] == "local" and ended["data"]["evse_id"] == "2"
+
+
+def test_two_sessions_share_the_site_fuse_and_the_cloud_can_lower_it(tmp_path):
+    site = SimulatedSite(tmp_path / "site", speed=60, poll_interval_s=0.2)
+    site.extra_config = "site:\n  max_current_a: 24\n  phases: 3\n"
+    with site:
+        site.publish_lists()
+        assert lists_applied(site), site.agent_log_tail()
+        one, two = site.chargers["1"], site.chargers["2"]
+        worst = {"sum": 0.0}
+        import threading
+
+        stop = threading.Event()
+
+        def watch() -> None:  # the fuse's view: what both chargers offer at every moment
+            while not stop.is_set():
+                worst["sum"] = max(worst["sum"], one.setpoint_a + two.setpoint_a)
+                time.sleep(0.01)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            site.tap("1", KARI)
+            time.sleep(0.3)
+            site.plug_and_charge("1")
+            assert site.wait(lambda: one.setpoint_a == 16 and one.state == "C", 10), site.agent_log_tail()
+            site.plug_and_charge("2")
+            time.sleep(0.3)
+            site.tap("2", OLA)
+            assert site.wait(lambda: one.setpoint_a == 12 and two.setpoint_a == 12, 15), site.agent_log_tail()
+            request = site.cloud.send_command("set_site_limit", max_current_a=12)
+            assert site.cloud.wait_result(request, 10)["status"] == "accepted"
+            assert site.wait(lambda: one.setpoint_a == 6 and two.setpoint_a == 6, 15), site.agent_log_tail()
+            assert site.cloud.wait_for(lambda: "load_management" in (site.cloud.state or {}), 10)
+        finally:
+            stop.set()
+            watcher.join()
+        assert worst["sum"] <= 24.0, f"the fuse saw {worst['sum']} A offered"

@@ -59,6 +59,7 @@ def pair() -> Iterator[SocatPair]:
 
 
 def bender(registry: BusRegistry, port: int, **options: Any) -> ModbusCharger:
+    options.setdefault("recheck_s", 0)  # these tests look at every attempt; test_modbus_bus covers recheck_s
     return create_charger(
         model=BENDER, name="cp-bender", registry=registry, host="127.0.0.1", port=port, timeout_s=TIMEOUT, **options
     )
@@ -66,6 +67,7 @@ def bender(registry: BusRegistry, port: int, **options: Any) -> ModbusCharger:
 
 def heidelberg(registry: BusRegistry, path: str, unit: int, **options: Any) -> ModbusCharger:
     options.setdefault("parity", "N")
+    options.setdefault("recheck_s", 0)
     return create_charger(
         model=HEC, name=f"cp{unit}", registry=registry, serial=path, unit=unit, timeout_s=TIMEOUT, **options
     )

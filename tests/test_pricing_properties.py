@@ -4,10 +4,19 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal, localcontext
 from itertools import pairwise
 
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.pricing import ChargingPeriod, Cost, MeterSample, parse_tariff, periods_from_samples, price_periods
+from edge_agent.pricing import (
+    ChargingPeriod,
+    Cost,
+    MeterSample,
+    RunningCost,
+    parse_tariff,
+    periods_from_samples,
+    price_periods,
+    price_session,
+)
 
 settings.register_profile("pricing", max_examples=200, deadline=None,
                           suppress_health_check=[HealthCheck.too_slow])
@@ -209,3 +218,64 @@ def test_periods_from_samples_keep_energy_and_time(samples, tariff_obj, tz):
     if tariff is not None and periods:
         cost = price_periods(tariff, periods, session_start=samples[0].ts, session_end=samples[-1].ts, tz=tz)
         assert cost.excl_vat >= 0
+
+
+# -- sessions from meter samples: price_session and RunningCost ------------------------------
+
+@st.composite
+def meter_sessions(draw, with_parking=True):
+    """Samples of one session the way the agent stores them: whole Wh, whole seconds, a start
+    sample, constant power between samples, maybe a parked stretch."""
+    moment = draw(starts)
+    register = draw(st.integers(0, 10**7))
+    samples = [MeterSample(ts=moment, energy_wh=register, power_w=None, charging=False)]
+    for _ in range(draw(st.integers(1, 25))):
+        seconds = draw(st.integers(1, 3600))
+        kw = draw(st.sampled_from([0, 0, 3, 7, 11, 22])) if with_parking else draw(st.sampled_from([3, 7, 11, 22]))
+        moment += timedelta(seconds=seconds)
+        register += kw * seconds * 1000 // 3600
+        samples.append(MeterSample(ts=moment, energy_wh=register, power_w=kw * 1000, charging=kw > 0))
+    return samples
+
+
+@SETTINGS
+@given(tariff_objects(), meter_sessions(), st.sampled_from(ZONES))
+def test_session_cost_never_negative_and_within_min_and_max(tariff_obj, samples, tz):
+    priced = price_session(tariff_obj, "P", samples, tz=tz)
+    cost = priced.cost
+    low, high = tariff_obj.get("min_price", {}), tariff_obj.get("max_price", {})
+    assert cost.excl_vat >= max(low.get("excl_vat", 0), 0) and cost.incl_vat >= max(low.get("incl_vat", 0), 0)
+    assert cost.excl_vat <= high.get("excl_vat", cost.excl_vat)
+    assert cost.incl_vat <= high.get("incl_vat", cost.incl_vat)
+    assert all(line[k] >= 0 for name, line in priced.cost_json.items()
+               if name in ("energy", "time", "parking_time", "flat") for k in ("quantity", "excl_vat", "incl_vat"))
+
+
+@SETTINGS
+@given(tariff_objects(), meter_sessions(), st.data(), st.sampled_from(ZONES))
+def test_running_cost_equals_the_final_price_when_the_session_ends_then(tariff_obj, samples, data, tz):
+    stored = data.draw(st.integers(1, len(samples) - 1))
+    end = samples[stored]
+    ended_now = MeterSample(ts=end.ts, energy_wh=end.energy_wh, power_w=None, charging=False)
+    meter = RunningCost(tariff_obj, "P", tz=tz, samples=samples[:stored])
+    final = price_session(tariff_obj, "P", [*samples[:stored], ended_now], tz=tz)
+    assert meter.if_ended(ended_now) == final.totals
+    assert meter.cost_so_far(ended_now) == final.cost_json["incl_vat"]
+
+
+@SETTINGS
+@given(tariff_objects(), meter_sessions(), st.data(), st.sampled_from(ZONES))
+def test_a_sample_where_nothing_changes_does_not_change_the_price(tariff_obj, samples, data, tz):
+    """A meter read in the middle of a stretch of constant power adds a charging-period boundary
+    where no restriction changes; the price must not move."""
+    index = data.draw(st.integers(0, len(samples) - 2))
+    a, b = samples[index], samples[index + 1]
+    span_us = (b.ts - a.ts) // timedelta(microseconds=1)
+    rise = b.energy_wh - a.energy_wh
+    assume(span_us % 2 == 0 and rise % 2 == 0)  # the midpoint must be a whole Wh at a whole microsecond
+    middle = MeterSample(ts=a.ts + timedelta(microseconds=span_us // 2), energy_wh=a.energy_wh + rise // 2,
+                         power_w=a.power_w, charging=a.charging or rise > 0)
+    whole = price_session(tariff_obj, "P", samples, tz=tz).totals
+    more = price_session(tariff_obj, "P", [*samples[:index + 1], middle, *samples[index + 1:]], tz=tz).totals
+    assert abs(whole.excl_vat - more.excl_vat) < TINY
+    assert abs(whole.incl_vat - more.incl_vat) < TINY

@@ -108,9 +108,11 @@ def test_create_reader_rdm6300() -> None:
     assert (reader.port, reader.evse_id, reader.name) == ("/dev/ttyAMA0", "1", "/dev/ttyAMA0")
 
 
-def test_create_reader_rejects_other_drivers_by_name() -> None:
-    with pytest.raises(ValueError, match="pn532 is not supported yet"):
-        create_reader(driver="pn532", device="usb", evse_id="2", on_tap=lambda tap: None)
+def test_create_reader_rejects_unknown_drivers_and_missing_ports_by_name() -> None:
+    with pytest.raises(ValueError, match="unknown reader driver 'wiegand'"):
+        create_reader(driver="wiegand", device="usb", evse_id="2", on_tap=lambda tap: None)
+    with pytest.raises(ValueError, match="rdm6300 takes a port, not a device"):
+        create_reader(driver="rdm6300", port="/dev/ttyAMA0", device="usb", evse_id="2", on_tap=lambda tap: None)
     with pytest.raises(ValueError, match="rdm6300 needs a port"):
         create_reader(driver="rdm6300", evse_id=None, on_tap=lambda tap: None)
 

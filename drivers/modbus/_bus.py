@@ -1,9 +1,14 @@
-"""Bus owners: one pymodbus client per TCP endpoint or serial port, shared by device handles.
+"""Bus owners: one pymodbus client per TCP endpoint, serial port or serial server, shared by device handles.
 
-A link serialises every request behind one asyncio.Lock and keeps the quiet time a device
-needs before each frame. Each request is bounded by the timeout of the device it addresses,
-so one slow or dead device costs the bus one timeout per request and never more; retries
-take the lock again, letting other devices in between.
+Three transports: Modbus TCP (ModbusTcpLink), Modbus RTU on a serial port (SerialBus) and
+Modbus RTU framing over a TCP socket to a serial server (RtuOverTcpLink, "rtu-over-tcp").
+
+A link serialises every request behind one asyncio.Lock (FIFO, so devices take turns) and keeps
+the quiet time a device needs before each frame. Each request is bounded by the timeout of the
+device it addresses, so one slow or dead device costs the bus one timeout per request and never
+more; retries take the lock again, letting other devices in between. A device that is known to
+be unavailable is tried on the bus at most once per `recheck_s`; in between its requests fail at
+once without touching the bus, so a dead unit cannot eat the poll rate of the others.
 
 Connections are opened on first use and re-opened on the next use after any failure, so a
 device (or USB adapter) that disappears and comes back works again without a restart.
@@ -17,7 +22,7 @@ import os
 import termios
 import time
 import traceback
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Generic, TypeVar
 
 import serial
@@ -32,6 +37,7 @@ from drivers.errors import (
     DeviceUnreachable,
     ModbusExceptionResponse,
     PortSettingRefused,
+    UnsupportedByModel,
 )
 
 log = logging.getLogger("drivers.modbus")
@@ -138,6 +144,26 @@ class ModbusTcpLink(_Link[AsyncModbusTcpClient]):
         self._drop()
 
 
+class RtuOverTcpLink(_Link[AsyncModbusTcpClient]):
+    """RTU frames over one TCP connection to a serial server (RS-485 gateway): a shared bus, reached by IP."""
+
+    def __init__(self, host: str, port: int) -> None:
+        super().__init__(f"rtu-over-tcp {host}:{port}")
+        self.host = host
+        self.port = port
+
+    def _new_client(self) -> AsyncModbusTcpClient:
+        return AsyncModbusTcpClient(
+            self.host, port=self.port, framer=FramerType.RTU, timeout=_CLIENT_TIMEOUT_S, retries=0,
+            reconnect_delay=0, name=self.name,
+        )
+
+    def _after_timeout(self) -> None:
+        # RTU frames carry no transaction id: a late answer would be taken for the next
+        # request's. A new connection leaves nothing in flight.
+        self._drop()
+
+
 class SerialBus(_Link[AsyncModbusSerialClient]):
     """The one owner of a serial port (RS-485 bus); every device on the port goes through it."""
 
@@ -223,13 +249,24 @@ class BusRegistry:
 
     def __init__(self) -> None:
         self._tcp: dict[tuple[str, int], ModbusTcpLink] = {}
+        self._rtu_tcp: dict[tuple[str, int], RtuOverTcpLink] = {}
         self._serial: dict[str, SerialBus] = {}
 
     def tcp(self, host: str, port: int) -> ModbusTcpLink:
         key = (host, port)
+        if key in self._rtu_tcp:
+            raise ValueError(f"{host}:{port} is already used as rtu-over-tcp, not Modbus TCP")
         if key not in self._tcp:
             self._tcp[key] = ModbusTcpLink(host, port)
         return self._tcp[key]
+
+    def rtu_over_tcp(self, host: str, port: int) -> RtuOverTcpLink:
+        key = (host, port)
+        if key in self._tcp:
+            raise ValueError(f"{host}:{port} is already used as Modbus TCP, not rtu-over-tcp")
+        if key not in self._rtu_tcp:
+            self._rtu_tcp[key] = RtuOverTcpLink(host, port)
+        return self._rtu_tcp[key]
 
     def serial(self, port: str, *, baudrate: int, bytesize: int = 8, parity: str = "N", stopbits: int = 1) -> SerialBus:
         key = os.path.normpath(port)
@@ -243,12 +280,13 @@ class BusRegistry:
 
     @property
     def links(self) -> list[_Link[Any]]:
-        return [*self._tcp.values(), *self._serial.values()]
+        return [*self._tcp.values(), *self._rtu_tcp.values(), *self._serial.values()]
 
     async def aclose(self) -> None:
         for link in self.links:
             await link.close()
         self._tcp.clear()
+        self._rtu_tcp.clear()
         self._serial.clear()
 
     async def __aenter__(self) -> BusRegistry:
@@ -262,8 +300,12 @@ class ModbusDevice:
     """One unit on a link, with its own timeout, retries and frame gap.
 
     Every failure comes out as a drivers.errors exception naming the device and register.
-    While the device is unavailable each request gets one attempt, not retries+1, so a dead
-    device on a shared bus costs the others as little bus time as possible.
+    While the device is unavailable each request gets one attempt, not retries+1, and only
+    one attempt per `recheck_s` goes on the bus at all, so a dead device on a shared bus costs
+    the others as little bus time as possible.
+
+    `forbidden` maps addresses to the reason they are never written (ABB's stop register);
+    `write_multiple` sends single-register writes as FC16 for devices that refuse FC6.
     """
 
     def __init__(
@@ -275,7 +317,12 @@ class ModbusDevice:
         timeout_s: float = 1.0,
         retries: int = 1,
         frame_gap_s: float = 0.0,
+        recheck_s: float = 5.0,
+        forbidden: Mapping[int, str] | None = None,
+        write_multiple: bool = False,
     ) -> None:
+        if recheck_s < 0:
+            raise ValueError(f"{name}: recheck_s must be >= 0, got {recheck_s}")
         if timeout_s <= 0:
             raise ValueError(f"{name}: timeout_s must be > 0, got {timeout_s}")
         if retries < 0:
@@ -288,7 +335,12 @@ class ModbusDevice:
         self.timeout_s = timeout_s
         self.retries = retries
         self.frame_gap_s = frame_gap_s
+        self.recheck_s = recheck_s
+        self.forbidden: dict[int, str] = dict(forbidden or {})
+        self.write_multiple = write_multiple
         self.available: bool | None = None  # None until the first request
+        self._failure: DeviceError | None = None  # why it is unavailable
+        self._last_attempt = 0.0
         self.last_ok = 0.0  # time.monotonic() of the last answered request
         self.recoveries = 0  # times the device came back after being unavailable
 
@@ -318,6 +370,10 @@ class ModbusDevice:
 
     async def write_register(self, address: int, value: int) -> None:
         _check_word(self.name, address, value)
+        self._check_allowed(address, 1)
+        if self.write_multiple:
+            await self.write_registers(address, [value])
+            return
         await self._request(
             f"write {address}={value}", address,
             lambda c: c.write_register(address, value, device_id=self.unit),
@@ -326,21 +382,37 @@ class ModbusDevice:
     async def write_registers(self, address: int, values: list[int]) -> None:
         for offset, value in enumerate(values):
             _check_word(self.name, address + offset, value)
+        self._check_allowed(address, len(values))
         await self._request(
             f"write {_span(address, len(values))}={values}", address,
             lambda c: c.write_registers(address, values, device_id=self.unit),
         )
 
     async def write_coil(self, address: int, value: bool) -> None:
+        self._check_allowed(address, 1)
         await self._request(
             f"write coil {address}={value}", address,
             lambda c: c.write_coil(address, value, device_id=self.unit),
         )
 
+    def _check_allowed(self, address: int, count: int) -> None:
+        for a in range(address, address + count):
+            if a in self.forbidden:
+                raise UnsupportedByModel(f"refusing to write register {a}: {self.forbidden[a]}", device=self.name, register=a)
+
     async def _request(self, what: str, address: int, call: Callable[[Any], Awaitable[ModbusPDU]]) -> Any:
+        now = time.monotonic()
+        if self.available is False and self._failure is not None and now - self._last_attempt < self.recheck_s:
+            wait = self.recheck_s - (now - self._last_attempt)
+            raise type(self._failure)(
+                f"{self.link.name} unit {self.unit} unavailable, not tried on the bus for {wait:.1f} s more"
+                f" ({what}); last failure: {self._failure}",
+                device=self.name, register=address,
+            )
         attempts = 1 if self.available is False else self.retries + 1
         failure: DeviceError | None = None
         for _ in range(attempts):
+            self._last_attempt = time.monotonic()
             try:
                 rr = await self.link.transact(call, timeout_s=self.timeout_s, gap_s=self.frame_gap_s)
             except TimeoutError:
@@ -387,6 +459,7 @@ class ModbusDevice:
         if self.available is not False:
             log.warning("unavailable: %s", error)
         self.available = False
+        self._failure = error
 
 
 def _span(address: int, count: int) -> str:

@@ -1,54 +1,46 @@
-"""One generic Modbus charger driver; what differs per model is in its register map."""
+"""One generic Modbus charger driver; what differs per model is in its register map.
+
+What the map cannot say is in no model-specific code either: every quirk of the eight
+supported chargers is expressed as map data (see _registermap's schema): Alfen's expiring
+setpoint (keepalive rewrite_setpoint) and station unit (station_unit), Schneider's life bit
+(keepalive write) and word-swapped floats (word_order LSW), ABB's write-only setpoint with a
+readback, its "others" state (a conditional state) and its stop register (never_write),
+Bender's 0xFFFFFFFF (no_value), Heidelberg's standby (setup.writes), Etrel's pause trigger
+(control.pause), and models without a lifetime counter (session_energy, which this driver
+turns into a lifetime counter with drivers.energy.SessionEnergyLifetime).
+"""
 from __future__ import annotations
 
+import logging
 import math
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from drivers.api import Charger, ChargerReading, Measurement, Meter
-from drivers.errors import ModbusExceptionResponse, NoValue, UnsupportedByModel
+from drivers.api import Charger, ChargerReading, Identifier, Measurement, Meter
+from drivers.energy import SessionEnergyLifetime
+from drivers.errors import DeviceError, EnergyCounterError, ModbusExceptionResponse, NoValue, UnsupportedByModel
+from edge_agent.tokens import InvalidToken, normalize_uid
 
 from ._bus import ModbusDevice
-from ._registermap import Register, RegisterMap, Table, decode, encode, raw_value
+from ._mapio import METER_ROLES, MapIO
+from ._registermap import ConditionalState, RegisterMap, encode, field_value, raw_value, raw_words
 
-_METER_ROLES = ("energy", "power", "current_l1", "current_l2", "current_l3")
-_PHASES = ("current_l1", "current_l2", "current_l3")
+log = logging.getLogger("drivers.modbus")
 
-
-@dataclass(frozen=True, slots=True)
-class _Read:
-    table: Table
-    address: int
-    count: int
-    roles: tuple[str, ...]
-
-
-def _plan(regmap: RegisterMap, roles: tuple[str, ...]) -> tuple[_Read, ...]:
-    """Group the roles into as few requests as the map's read blocks allow, each trimmed to what is needed."""
-    groups: dict[tuple[Table, int, int], list[Register]] = {}
-    for role in roles:
-        reg = regmap.register(role)
-        if reg is None:
-            continue
-        block = next((b for b in regmap.read_blocks if b.covers(reg)), None)
-        key = (block.table, block.address, block.count) if block else (reg.table, reg.address, reg.words)
-        groups.setdefault(key, []).append(reg)
-    reads = []
-    for (table, _, _), regs in groups.items():
-        start = min(r.address for r in regs)
-        end = max(r.end for r in regs)
-        reads.append(_Read(table, start, end - start, tuple(r.role for r in regs)))
-    # The state read goes first, so a dead device is reported at its state register.
-    return tuple(sorted(reads, key=lambda r: ("state" not in r.roles, r.table, r.address)))
+FailsafeReport = dict[str, str | int | float | bool | None]
+SESSION_STUCK_POWER_W = 500.0
+SESSION_STUCK_AFTER_S = 120.0
 
 
 class ModbusCharger:
-    """A charger driven over Modbus as its register map says. Implements drivers.api Charger and Meter.
+    """A charger driven over Modbus as its register map says. Implements drivers.api Charger and Meter
+    (and Identifier where the map has an ``rfid_uid`` register: see ``has_identifier``).
 
-    Call ``setup()`` once after creating it, then ``poll()`` and ``keepalive()`` every cycle.
-    ``energy_wh`` is the map's lifetime counter; for models whose map gives it in VAh
-    (Heidelberg) it is apparent energy, not billing-grade active energy.
+    Call ``setup()`` once after creating it, then ``poll()`` and ``keepalive()`` every cycle, at
+    least every ``keepalive_interval_s``. ``energy_wh`` in a reading is, in this order: the
+    billing meter's lifetime register (when the charger has a ``meter``), the map's lifetime
+    counter (``energy``; VAh on Heidelberg, not billing-grade), or the lifetime counter the
+    driver builds from the session register (``energy_counter``, for ABB and Etrel).
     """
 
     def __init__(
@@ -57,11 +49,17 @@ class ModbusCharger:
         name: str,
         regmap: RegisterMap,
         device: ModbusDevice,
+        station_device: ModbusDevice | None = None,
         max_current_a: float | None = None,
         failsafe_current_a: float | None = None,
         failsafe_timeout_s: float | None = None,
+        meter: Meter | None = None,
+        energy_counter: SessionEnergyLifetime | None = None,
+        energy_counter_error: Exception | None = None,
     ) -> None:
         control = regmap.control
+        if control is None:
+            raise ValueError(f"{name}: {regmap.model} is not a charger map")
         max_a = control.max_current_a if max_current_a is None else float(max_current_a)
         if not control.min_current_a <= max_a <= control.max_current_a:
             raise ValueError(
@@ -71,24 +69,57 @@ class ModbusCharger:
         self.name = name
         self.regmap = regmap
         self.device = device
+        self.io = MapIO(name=name, regmap=regmap, device=device, station=station_device)
         self.max_current_a = max_a
+        self.meter = meter
         self.failsafe_current_a: float | None = None
         self.failsafe_timeout_s: float | None = None
-        if regmap.failsafe is not None:
-            current = regmap.failsafe.current_a if failsafe_current_a is None else float(failsafe_current_a)
-            if current and not control.min_current_a <= current <= max_a:
-                raise ValueError(f"{name}: failsafe_current_a {current} is neither 0 nor within {control.min_current_a}..{max_a}")
-            timeout = regmap.failsafe.timeout_s if failsafe_timeout_s is None else float(failsafe_timeout_s)
-            for role, value in (("failsafe_current", current), ("failsafe_timeout", timeout)):
-                encode(self._reg(role), value)  # fails now, not at setup, if the register cannot hold it
-            self.failsafe_current_a, self.failsafe_timeout_s = current, timeout
+        failsafe = regmap.failsafe
+        if failsafe is not None:
+            timeout = failsafe.timeout_s if failsafe_timeout_s is None else float(failsafe_timeout_s)
+            if timeout <= 0:
+                raise ValueError(f"{name}: failsafe_timeout_s must be > 0, got {timeout}")
+            if failsafe.set_by == "device":
+                if failsafe_current_a is not None:
+                    raise ValueError(
+                        f"{name}: {regmap.model}'s fail-safe current is configured on the charger, not by the gateway"
+                    )
+            else:
+                current = failsafe.current_a if failsafe_current_a is None else float(failsafe_current_a)
+                if current and not control.min_current_a <= current <= max_a:
+                    raise ValueError(
+                        f"{name}: failsafe_current_a {current} is neither 0 nor within {control.min_current_a}..{max_a}"
+                    )
+                for role in failsafe.current_roles:
+                    encode(self.io.reg(role), current)  # fails now, not at setup, if the register cannot hold it
+                if regmap.register("failsafe_timeout") is not None:
+                    encode(self.io.reg("failsafe_timeout"), timeout)
+                self.failsafe_current_a = current
+            self.failsafe_timeout_s = timeout
         elif failsafe_current_a is not None or failsafe_timeout_s is not None:
             raise ValueError(f"{name}: {regmap.model} has no fail-safe registers")
 
-        self._setpoint = self._reg(control.register)
-        self._poll_plan = _plan(regmap, ("state", *_METER_ROLES, control.register))
-        self._state_plan = _plan(regmap, ("state",))
-        self._meter_plan = _plan(regmap, _METER_ROLES)
+        self._energy_role: str | None = None
+        if meter is None:
+            if regmap.register("energy") is not None:
+                self._energy_role = "energy"
+            else:
+                self._energy_role = "session_energy"
+                if energy_counter is None and energy_counter_error is None:
+                    energy_counter = SessionEnergyLifetime(name=f"{name} lifetime energy")
+                    log.warning(
+                        "%s: %s has no lifetime energy register and no billing meter; its lifetime counter"
+                        " is kept in memory only", name, regmap.model,
+                    )
+        self.energy_counter = energy_counter
+        self._counter_error = energy_counter_error
+
+        self._setpoint = self.io.reg(control.register)
+        state_roles = ("state", *{s.role for s in regmap.states.values() if isinstance(s, ConditionalState)})
+        own_meter = () if meter is not None else tuple(r for r in (self._energy_role, *METER_ROLES[1:]) if r)
+        self._poll_roles = (*state_roles, *own_meter, control.register)
+        self._state_roles = state_roles
+        self._meter_roles = own_meter
 
         self._enabled = True
         self._paused = False
@@ -96,7 +127,12 @@ class ModbusCharger:
         self._commanded = False  # a setpoint was asked for; only then is there one to keep alive
         self._dirty = False  # the last setpoint write failed
         self._last_setpoint_write = 0.0
+        self._last_keepalive_write = 0.0
+        self._keepalive_disabled = False
         self._setup_recoveries: int | None = None  # device.recoveries when setup last ran
+        self.failsafe_problem: str | None = None  # why the fail-safe could not be written, if so
+        self._stuck_since: float | None = None  # the session register stays 0 while power flows
+        self._stuck_reported = False
 
     def __repr__(self) -> str:
         return f"ModbusCharger({self.name!r}, {self.regmap.model}, {self.device.link.name} unit {self.device.unit})"
@@ -105,18 +141,38 @@ class ModbusCharger:
     def model(self) -> str:
         return self.regmap.model
 
+    @property
+    def has_identifier(self) -> bool:
+        """Whether identify() can work: the map has a built-in reader's UID register."""
+        return self.io.has("rfid_uid")
+
+    @property
+    def keepalive_interval_s(self) -> float | None:
+        """keepalive() must be called at least this often (None: the model needs no keep-alive)."""
+        keepalive = self.regmap.keepalive
+        return None if keepalive is None else keepalive.period_s(self.failsafe_timeout_s)
+
     # drivers.api.Charger
 
     async def status(self) -> str:
-        words = await self._read(self._state_plan)
-        return self._state(words["state"])
+        words = await self.io.read_roles(*self._state_roles)
+        return self._state(words)
 
     async def enabled(self) -> bool:
-        words = await self._read_register(self._setpoint)
-        return raw_value(self._setpoint, words) != self.regmap.control.stop_value
+        control = self.regmap.control
+        assert control is not None
+        commanded = self._enabled and not self._paused
+        if control.pause is not None:
+            return commanded  # a pause trigger leaves nothing to read back
+        words = await self.io.read_register(control.register)
+        reg = self.io.source(control.register)
+        raw = raw_value(reg, words)
+        if raw in reg.no_value:
+            return commanded  # e.g. Schneider's 99 while no charge is in progress
+        return raw != control.stop_value
 
     async def enable(self, on: bool) -> None:
-        """Off writes the stop value; on writes the last set current (the minimum if none was set yet)."""
+        """Off writes the stop value (or the pause trigger); on writes the last set current (the minimum if none was set yet)."""
         self._enabled = on
         await self._write_setpoint()
 
@@ -126,7 +182,9 @@ class ModbusCharger:
         A pause lasts until a current of at least the minimum is set: enable(True) writes the
         last set current, and a pause was the last one, so it does not override load management.
         """
-        if amps < self.regmap.control.min_current_a:
+        control = self.regmap.control
+        assert control is not None
+        if amps < control.min_current_a:
             self._paused = True
         else:
             self._paused = False
@@ -139,7 +197,29 @@ class ModbusCharger:
     # drivers.api.Meter
 
     async def measure(self) -> Measurement:
-        return self._measurement(await self._read(self._meter_plan))
+        if self.meter is not None:
+            return await self.meter.measure()
+        return await self._measurement(await self.io.read_roles(*self._meter_roles))
+
+    # drivers.api.Identifier
+
+    async def identify(self) -> str | None:
+        """The UID of the card at the built-in reader, normalised, or None when there is none."""
+        words = await self.io.read_register("rfid_uid")
+        reg = self.io.source("rfid_uid")
+        if reg.type == "ascii":
+            text = str(self.io.text_or_value("rfid_uid", words) or "").strip("\x00 ")
+            if not text or set(text) <= {"0"}:
+                return None
+        else:
+            raw = raw_value(reg, words)
+            if raw == 0 or raw in reg.no_value:
+                return None
+            text = raw.to_bytes(2 * reg.words, "big").hex()
+        try:
+            return normalize_uid(text)
+        except InvalidToken:
+            raise NoValue(f"rfid_uid reads {text!r}, which is not a hex UID", device=self.name, register=reg.address) from None
 
     # Polling and upkeep
 
@@ -147,25 +227,60 @@ class ModbusCharger:
         """State, lifetime energy, power, currents and the setpoint readback, in as few requests as the map allows.
 
         Raises NoValue when the state or the energy counter has no value this time; power and
-        currents without a value come back as None.
+        currents without a value come back as None. With a billing meter, the measurement is the meter's.
         """
-        words = await self._read(self._poll_plan)
-        state = self._state(words["state"])
-        offered = decode(self._setpoint, words[self._setpoint.role])
+        words = await self.io.read_roles(*self._poll_roles)
+        state = self._state(words)
+        offered = self.io.optional(self.regmap.control.register, words)  # type: ignore[union-attr]
+        if self.meter is not None:
+            measurement = await self.meter.measure()
+        else:
+            measurement = await self._measurement(words)
         return ChargerReading(
             iec61851=state,
-            measurement=self._measurement(words),
-            offered_current_a=float(offered),
+            measurement=measurement,
+            offered_current_a=None if offered is None else float(offered),
         )
 
     async def setup(self) -> None:
-        """Write the map's setup registers, then the fail-safe current, then the fail-safe timeout."""
-        for address, value in self.regmap.setup_writes:
+        """Check the connector, write the map's setup registers, then the fail-safe current(s), then its timeout."""
+        regmap = self.regmap
+        if regmap.connectors is not None and self.io.has("connector_count"):
+            count = self.io.value("connector_count", await self.io.read_register("connector_count"))
+            if regmap.connector > count:
+                raise UnsupportedByModel(
+                    f"connector {regmap.connector} does not exist: the station reports {count} charge point(s)",
+                    device=self.name, register=self.io.source("connector_count").address,
+                )
+        for address, value in regmap.setup_writes:
             await self.device.write_register(address, value)
-        if self.failsafe_current_a is not None and self.failsafe_timeout_s is not None:
+        failsafe = regmap.failsafe
+        if failsafe is not None and failsafe.set_by == "gateway" and self.failsafe_current_a is not None:
             # The fallback current is in place before the watchdog that applies it is armed.
-            await self._write_value(self._reg("failsafe_current"), self.failsafe_current_a)
-            await self._write_value(self._reg("failsafe_timeout"), self.failsafe_timeout_s)
+            try:
+                for role in failsafe.current_roles:
+                    await self.io.write_value(role, self.failsafe_current_a)
+                if regmap.register("failsafe_timeout") is not None and self.failsafe_timeout_s is not None:
+                    await self.io.write_value("failsafe_timeout", self.failsafe_timeout_s)
+            except ModbusExceptionResponse as exc:
+                # Older firmware (ABB < 1.9) lacks the registers; the charger still charges.
+                if self.failsafe_problem is None:
+                    log.warning("%s: fail-safe not configured: %s", self.name, exc)
+                self.failsafe_problem = str(exc)
+            else:
+                self.failsafe_problem = None
+        keepalive = regmap.keepalive
+        if keepalive is not None and keepalive.kind == "write":
+            assert keepalive.register is not None
+            disabled = False
+            if keepalive.disabled_when is not None:
+                words = await self.io.read_register(keepalive.register)
+                disabled = raw_value(self.io.source(keepalive.register), words) == keepalive.disabled_when
+            if disabled and not self._keepalive_disabled:
+                log.info("%s: %s keep-alive is switched off on the charger", self.name, keepalive.register)
+            self._keepalive_disabled = disabled
+            if not disabled:
+                await self._write_keepalive()
         self._setup_recoveries = self.device.recoveries
 
     async def keepalive(self) -> None:
@@ -179,121 +294,151 @@ class ModbusCharger:
             self._dirty = self._dirty or self._commanded
         if self._dirty:
             await self._write_setpoint()
+        keepalive = self.regmap.keepalive
+        period = self.keepalive_interval_s
+        if keepalive is None or period is None:
             return
-        keepalive, timeout = self.regmap.keepalive, self.failsafe_timeout_s
-        if keepalive is None or timeout is None:
-            return
-        due = timeout * keepalive.every
         now = time.monotonic()
         if keepalive.kind == "traffic":
-            if now - self.device.last_ok >= due:
+            if now - self.device.last_ok >= period:
                 await self.status()
-        elif self._commanded and now - self._last_setpoint_write >= due:
-            await self._write_setpoint()
+        elif keepalive.kind == "rewrite_setpoint":
+            if self._commanded and now - self._last_setpoint_write >= period:
+                await self._write_setpoint()
+        elif not self._keepalive_disabled and now - self._last_keepalive_write >= period:
+            await self._write_keepalive()
 
     async def identity(self) -> dict[str, str | int | float | bool | None]:
         """Model plus the map's identity registers; None where the device rejects one (older firmware)."""
-        out: dict[str, str | int | float | bool | None] = {"model": self.regmap.model}
-        for role in self.regmap.identity:
-            reg = self._reg(role)
-            try:
-                out[role] = decode(reg, await self._read_register(reg))
-            except ModbusExceptionResponse:
-                out[role] = None
-        return out
+        return await self.io.identity()
+
+    async def failsafe_status(self) -> FailsafeReport:
+        """What the charger would do if the gateway went quiet, as read from it (reads only).
+
+        ``configured`` is True when the charger has a timeout armed and a fallback current,
+        False when it has not, None when the model has no such registers.
+        """
+        failsafe = self.regmap.failsafe
+        if failsafe is None:
+            return {"configured": None, "set_by": None, "current_a": None, "timeout_s": None,
+                    "note": f"{self.model} has no fail-safe registers known: if the gateway dies the last current stays"}
+        report: FailsafeReport = {"set_by": failsafe.set_by, "current_a": None, "timeout_s": None}
+        current_role = failsafe.current_roles[0]
+        if self.io.has(current_role):
+            report["current_a"] = await self._read_optional(current_role)
+        if self.io.has("failsafe_timeout"):
+            report["timeout_s"] = await self._read_optional("failsafe_timeout")
+        elif failsafe.set_by == "device":
+            report["timeout_s"] = self.failsafe_timeout_s
+            report["note"] = "the timeout is configured on the charger; this is what the driver assumes"
+        keepalive = self.regmap.keepalive
+        if keepalive is not None and keepalive.kind == "write" and keepalive.disabled_when is not None:
+            assert keepalive.register is not None
+            words = await self.io.read_register(keepalive.register)
+            if raw_value(self.io.source(keepalive.register), words) == keepalive.disabled_when:
+                report["configured"] = False
+                report["note"] = f"the {keepalive.register} keep-alive is switched off on the charger"
+                return report
+        timeout = report["timeout_s"]
+        report["configured"] = report["current_a"] is not None and (timeout is None or bool(timeout))
+        return report
 
     # Internals
 
-    def _reg(self, role: str) -> Register:
-        reg = self.regmap.register(role)
-        if reg is None:
-            raise UnsupportedByModel(f"{self.regmap.model} has no {role} register", device=self.name)
-        return reg
+    async def _read_optional(self, role: str) -> int | float | None:
+        try:
+            return self.io.value(role, await self.io.read_register(role))
+        except (NoValue, ModbusExceptionResponse):
+            return None
 
-    def _target_raw(self) -> list[int]:
+    def _target_words(self) -> tuple[int, list[int]]:
+        """(address, words) of the write that makes the charger offer what is wanted now."""
         control = self.regmap.control
+        assert control is not None
+        reg = self._setpoint
         if not self._enabled or self._paused:
-            return encode(self._setpoint, control.stop_value * self._setpoint.scale)
+            if control.pause is not None:
+                return control.pause[0], [control.pause[1]]
+            return reg.address, raw_words(reg, control.stop_value)
         # Round down to the register's resolution: never offer more than asked.
-        steps = math.floor(self._current_a / self._setpoint.scale + 1e-9)
-        return encode(self._setpoint, steps * self._setpoint.scale)
+        steps = math.floor(self._current_a / reg.scale + 1e-9)
+        return reg.address, encode(reg, steps * reg.scale)
 
     async def _write_setpoint(self) -> None:
         self._commanded = True
         self._dirty = True
-        await self._write_words(self._setpoint, self._target_raw())
+        address, words = self._target_words()
+        device = self.io.station if self._setpoint.station else self.device
+        if len(words) == 1:
+            await device.write_register(address, words[0])
+        else:
+            await device.write_registers(address, words)
         self._dirty = False
         self._last_setpoint_write = time.monotonic()
 
-    async def _write_value(self, reg: Register, value: float) -> None:
-        await self._write_words(reg, encode(reg, value))
+    async def _write_keepalive(self) -> None:
+        keepalive = self.regmap.keepalive
+        assert keepalive is not None and keepalive.register is not None and keepalive.value is not None
+        reg = self.io.reg(keepalive.register)
+        device = self.io.station if reg.station else self.device
+        await device.write_register(reg.address, keepalive.value)
+        self._last_keepalive_write = time.monotonic()
 
-    async def _write_words(self, reg: Register, words: list[int]) -> None:
-        if reg.table == "coil":
-            await self.device.write_coil(reg.address, bool(words[0]))
-        elif len(words) == 1:
-            await self.device.write_register(reg.address, words[0])
+    def _state(self, words: dict[str, list[int]]) -> str:
+        reg = self.io.source("state")
+        address = reg.address
+        if reg.type == "ascii":
+            key: int | str = str(self.io.text_or_value("state", words["state"]))
         else:
-            await self.device.write_registers(reg.address, words)
-
-    async def _read_register(self, reg: Register) -> list[int]:
-        words = await self._read((_Read(reg.table, reg.address, reg.words, (reg.role,)),))
-        return words[reg.role]
-
-    async def _read(self, plan: tuple[_Read, ...]) -> dict[str, list[int]]:
-        out: dict[str, list[int]] = {}
-        for read in plan:
-            if read.table == "holding":
-                words = await self.device.read_holding(read.address, read.count)
-            elif read.table == "input":
-                words = await self.device.read_input(read.address, read.count)
-            else:
-                words = [int(b) for b in await self.device.read_coils(read.address, read.count)]
-            for role in read.roles:
-                reg = self.regmap.registers[role]
-                offset = reg.address - read.address
-                out[role] = words[offset : offset + reg.words]
-        return out
-
-    def _value(self, role: str, words: list[int]) -> int | float:
-        reg = self.regmap.registers[role]
-        raw = raw_value(reg, words)
-        if raw in reg.no_value:
-            raise NoValue(f"{role} reads 0x{raw:X}, which means no value", device=self.name, register=reg.address)
-        value = decode(reg, words)
-        assert isinstance(value, (int, float))
-        return value
-
-    def _optional(self, role: str, words: dict[str, list[int]]) -> int | float | None:
-        if role not in words:
-            return None
-        try:
-            return self._value(role, words[role])
-        except NoValue:
-            return None
-
-    def _state(self, words: list[int]) -> str:
-        raw = raw_value(self.regmap.registers["state"], words)
-        letter = self.regmap.states.get(raw)
+            raw = raw_value(reg, words["state"])
+            if raw in reg.no_value:
+                raise NoValue(f"state reads 0x{raw:X}, which means no value", device=self.name, register=address)
+            key = field_value(reg, raw)
+            if reg.type.startswith("int"):
+                value = self.io.value("state", words["state"])
+                key = int(value)
+        letter = self.regmap.states.get(key)
         if letter is None:
-            address = self.regmap.registers["state"].address
-            raise NoValue(f"state value {raw} is not in the map", device=self.name, register=address)
+            raise NoValue(f"state value {key!r} is not in the map", device=self.name, register=address)
+        if isinstance(letter, ConditionalState):
+            bits = raw_value(self.io.source(letter.role), words[letter.role])
+            return letter.set if bits & letter.mask else letter.clear
         return letter
 
-    def _measurement(self, words: dict[str, list[int]]) -> Measurement:
-        energy = round(self._value("energy", words["energy"])) if "energy" in words else None
-        power = self._optional("power", words)
-        phases = [self._optional(role, words) for role in _PHASES]
-        currents = None
-        if all(p is not None for p in phases):
-            currents = tuple(round(float(p), 3) for p in phases)  # type: ignore[arg-type]
-        return Measurement(
-            energy_wh=energy,
-            power_w=None if power is None else round(power),
-            currents_a=currents,  # type: ignore[arg-type]
-        )
+    def _check_session_register(self, session_wh: float, power_w: float | None) -> None:
+        """Some Etrel firmware reads 0 in the session register (evcc #5346): say so once, loudly."""
+        now = time.monotonic()
+        if session_wh > 0 or not power_w or power_w < SESSION_STUCK_POWER_W:
+            self._stuck_since = None
+            return
+        if self._stuck_since is None:
+            self._stuck_since = now
+        elif now - self._stuck_since >= SESSION_STUCK_AFTER_S and not self._stuck_reported:
+            self._stuck_reported = True
+            log.error(
+                "%s: %s's session energy register stays 0 while it draws %.0f W: this charger's energy is not"
+                " counted; configure a billing meter for it", self.name, self.model, power_w,
+            )
+
+    async def _measurement(self, words: dict[str, list[int]]) -> Measurement:
+        if self._energy_role == "session_energy":
+            if self._counter_error is not None:
+                raise EnergyCounterError(str(self._counter_error), device=self.name)
+            assert self.energy_counter is not None
+            session = self.io.value("session_energy", words["session_energy"])
+            self._check_session_register(float(session), self.io.optional("power", words))
+            try:
+                energy = self.energy_counter.update(float(session))
+            except OSError as exc:
+                # The reading itself is good; the counter retries the save on the next update.
+                log.error("%s: cannot save the lifetime energy counter: %s", self.name, exc)
+                energy = self.energy_counter.value_wh
+            return self.io.measurement(words, energy_wh=energy)
+        return self.io.measurement(words)
 
 
 if TYPE_CHECKING:
     _charger: type[Charger] = ModbusCharger
     _meter: type[Meter] = ModbusCharger
+    _identifier: type[Identifier] = ModbusCharger
+    _errors: type[DeviceError] = NoValue

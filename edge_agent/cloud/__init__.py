@@ -4,7 +4,9 @@ Where a session becomes an MQTT message: store outbox -> OutboxSender -> MqttLin
 """
 from __future__ import annotations
 
-from ._link import Inbound, MqttLink, TlsFiles
+from ._credentials import LinkCredentials, TlsFiles, link_credentials, lists_verify
+from ._download import DownloadError, DownloadPolicy
+from ._link import Inbound, MqttLink, describe_connect_error
 from ._outbox import OutboxSender
 from ._payloads import (
     AuthResponse,
@@ -12,11 +14,13 @@ from ._payloads import (
     PayloadError,
     TariffList,
     UserList,
+    UserListUrl,
     check_ack,
     check_auth_response,
     check_command,
     check_tariff_list,
     check_user_list,
+    check_user_list_url,
     parse_json_object,
 )
 from ._topics import Topics
@@ -24,7 +28,10 @@ from ._topics import Topics
 __all__ = [
     "AuthResponse",
     "Command",
+    "DownloadError",
+    "DownloadPolicy",
     "Inbound",
+    "LinkCredentials",
     "MqttLink",
     "OutboxSender",
     "PayloadError",
@@ -32,10 +39,15 @@ __all__ = [
     "Topics",
     "TlsFiles",
     "UserList",
+    "UserListUrl",
     "check_ack",
     "check_auth_response",
     "check_command",
     "check_tariff_list",
     "check_user_list",
+    "check_user_list_url",
+    "describe_connect_error",
+    "link_credentials",
+    "lists_verify",
     "parse_json_object",
 ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -12,6 +13,11 @@ from ..clock import parse_rfc3339
 from ..tokens import InvalidToken, normalize_uid
 
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024 + 65536
+# SQLite stores integers up to 2**63 - 1; a larger version could never be saved.
+MAX_VERSION = 2**63 - 1
+# A lone UTF-16 surrogate (\ud800-\udfff) is valid JSON but not valid text: SQLite and UTF-8
+# encoders refuse it, so such payloads are rejected up front. Pairs decode to one character.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class PayloadError(ValueError):
@@ -26,10 +32,42 @@ def parse_json_object(payload: bytes) -> dict[str, Any]:
     try:
         value = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
-        raise PayloadError("", f"not valid UTF-8 JSON ({exc})") from None
+        raise PayloadError("", f"not valid UTF-8 JSON ({_short(exc)})") from None
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise PayloadError("", f"not usable JSON ({_short(exc)})") from None
     if not isinstance(value, dict):
         raise PayloadError("", f"must be a JSON object, got {type(value).__name__}")
+    if _SURROGATE_ESCAPE.search(payload):
+        check_text(value, "")
     return value
+
+
+def check_text(value: Any, path: str) -> None:
+    """Raises PayloadError naming the first string (or key) that holds a lone surrogate."""
+    stack: list[tuple[Any, str]] = [(value, path)]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            _check_string(item, where)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                child_path = f"{where}.{key}" if where else str(key)
+                _check_string(key, child_path)
+                stack.append((child, child_path))
+        elif isinstance(item, list):
+            stack.extend((child, f"{where}[{i}]") for i, child in enumerate(item))
+
+
+def _check_string(text: str, where: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise PayloadError(where, "holds a lone UTF-16 surrogate (not valid text)") from None
+
+
+def _short(exc: BaseException, limit: int = 200) -> str:
+    text = str(exc)
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 def _reject_constant(name: str) -> Any:
@@ -56,8 +94,8 @@ def _optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path
 
 def _version(obj: dict[str, Any], key: str = "version") -> int:
     value = _require(obj, key, int)
-    if value < 1:
-        raise PayloadError(key, f"must be an integer >= 1, got {value}")
+    if not 1 <= value <= MAX_VERSION:
+        raise PayloadError(key, f"must be an integer between 1 and {MAX_VERSION}, got {_short(str(value), 30)}")
     return value
 
 
@@ -67,8 +105,8 @@ def _time(obj: dict[str, Any], key: str, path: str = "") -> datetime | None:
         return None
     try:
         return parse_rfc3339(text)
-    except ValueError as exc:
-        raise PayloadError(f"{path}.{key}" if path else key, str(exc)) from None
+    except (ValueError, OverflowError) as exc:
+        raise PayloadError(f"{path}.{key}" if path else key, _short(exc)) from None
 
 
 # -- users ------------------------------------------------------------------------------
@@ -105,8 +143,9 @@ class UserList:
 
 def check_user_list(obj: dict[str, Any]) -> UserList:
     version = _version(obj)
-    if "url" in obj and "users" not in obj:
-        raise PayloadError("url", "lists by URL are not supported by this release yet")
+    if "url" in obj:
+        raise PayloadError("url", "a list is either inline (users) or by URL (url, sha256), not both"
+                           if "users" in obj else "a list by URL is read with check_user_list_url")
     raw = _require(obj, "users", list)
     users = [check_user(u, f"users[{i}]") for i, u in enumerate(raw)]
     seen_users: set[str] = set()
@@ -120,6 +159,46 @@ def check_user_list(obj: dict[str, Any]) -> UserList:
                 raise PayloadError(f"users[{i}].tokens", f"token {uid} also belongs to {owner[uid]!r}")
             owner[uid] = user["id"]
     return UserList(version, users)
+
+
+@dataclass(frozen=True, slots=True)
+class UserListUrl:
+    """`{"version": 19, "url": "https://...", "sha256": "<64 hex>"}`: a full list to download."""
+
+    version: int
+    url: str
+    sha256: str
+
+
+MAX_URL_CHARS = 2048
+_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+
+
+def is_user_list_url(obj: dict[str, Any]) -> bool:
+    return "url" in obj and "users" not in obj
+
+
+def check_user_list_url(obj: dict[str, Any]) -> UserListUrl:
+    from urllib.parse import urlsplit
+
+    version = _version(obj)
+    url = _require(obj, "url", str)
+    if len(url) > MAX_URL_CHARS:
+        raise PayloadError("url", f"longer than {MAX_URL_CHARS} characters")
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname
+        parts.port  # noqa: B018 - raises ValueError for a port out of range
+    except ValueError as exc:
+        raise PayloadError("url", f"not a URL ({exc})") from None
+    if parts.scheme != "https":
+        raise PayloadError("url", f"must be an https:// URL, got scheme {parts.scheme!r}")
+    if not host or any(ord(c) < 0x21 for c in url):
+        raise PayloadError("url", "must name a host and contain no spaces or control characters")
+    digest = _require(obj, "sha256", str)
+    if not _SHA256.fullmatch(digest):
+        raise PayloadError("sha256", "must be 64 hex digits (the SHA-256 of the list file)")
+    return UserListUrl(version, url, digest.lower())
 
 
 # -- tariffs ----------------------------------------------------------------------------
@@ -143,6 +222,9 @@ def check_tariff_list(obj: dict[str, Any]) -> TariffList:
             parsed = parse_tariff(tariff)
         except TariffError as exc:
             raise PayloadError(f"tariffs[{i}]", str(exc)) from None
+        except (ValueError, TypeError, ArithmeticError, LookupError, AttributeError) as exc:
+            # The tariff parser should have said TariffError; a tariff it cannot read is invalid anyway.
+            raise PayloadError(f"tariffs[{i}]", f"unreadable ({type(exc).__name__}: {_short(exc)})") from None
         if parsed.id in ids:
             raise PayloadError(f"tariffs[{i}].id", f"duplicate tariff id {parsed.id!r}")
         ids.add(parsed.id)
@@ -150,6 +232,8 @@ def check_tariff_list(obj: dict[str, Any]) -> TariffList:
     if not isinstance(groups, dict):
         raise PayloadError("groups", "must be an object of group -> tariff id")
     for group, tariff_id in groups.items():
+        if not isinstance(tariff_id, str):
+            raise PayloadError(f"groups.{group}", f"must be a tariff id (string), got {type(tariff_id).__name__}")
         if tariff_id not in ids:
             raise PayloadError(f"groups.{group}", f"names unknown tariff {tariff_id!r}")
     default = _optional(obj, "default", str)

@@ -1,13 +1,16 @@
 """Offline session pricing with OCPI 2.2.1 tariffs, in Decimal throughout.
 
-parse_tariff validates a Tariff object; periods_from_samples turns a session's meter samples into
-charging periods; price_periods prices them (price_cdr does the same from an OCPI CDR). Pure: no
-I/O, no clock, no floats except in Cost.to_json.
+parse_tariff validates a Tariff object. price_session prices a gateway session from its meter
+samples (totals, a breakdown per dimension, and the charging periods as priced); RunningCost and
+running_cost give a running session's price if it ended now. Underneath, periods_from_samples
+turns meter samples into charging periods and price_periods prices them (price_cdr does the same
+from an OCPI CDR). Pure: no I/O, no clock, no floats except in the JSON renderings.
 """
 from __future__ import annotations
 
 from ._periods import MeterSample, periods_from_samples
-from ._pricer import ChargingPeriod, Cost, DimensionCost, price_cdr, price_periods
+from ._pricer import ChargingPeriod, Cost, DimensionCost, money_json, price_cdr, price_periods
+from ._session import RunningCost, SessionPrice, price_session, running_cost, tariff_in_list
 from ._tariff import (
     Price,
     PriceComponent,
@@ -26,13 +29,19 @@ __all__ = [
     "MeterSample",
     "Price",
     "PriceComponent",
+    "RunningCost",
+    "SessionPrice",
     "Tariff",
     "TariffDimension",
     "TariffElement",
     "TariffError",
     "TariffRestrictions",
+    "money_json",
     "parse_tariff",
     "periods_from_samples",
     "price_cdr",
     "price_periods",
+    "price_session",
+    "running_cost",
+    "tariff_in_list",
 ]

@@ -1,16 +1,20 @@
-"""Meter samples of one session -> OCPI-style charging periods."""
+"""Meter samples of one session -> OCPI-style charging periods.
+
+Consecutive samples make intervals; intervals are grouped greedily, in time order, into runs
+(one run = one period). The grouping is incremental (Runs.push), so a running session can keep
+its closed runs and only re-group its open tail when it is priced again.
+"""
 from __future__ import annotations
 
 import bisect
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
-from itertools import pairwise
 from typing import Any
 
-from ._pricer import PRECISION, ChargingPeriod, as_utc, kwh_thresholds, rate_signature, site_zone, time_cuts
-from ._tariff import Tariff, decimal_from_json
+from ._pricer import PRECISION, ChargingPeriod, TimeCuts, as_utc, kwh_thresholds, rate_signature, site_zone
+from ._tariff import Tariff, decimal_from_json, parse_ocpi_datetime
 
 _ONE_MICROSECOND = timedelta(microseconds=1)
 
@@ -39,34 +43,173 @@ class MeterSample:
                 raise ValueError("MeterSample.current_a: must be a finite number >= 0")
             object.__setattr__(self, "current_a", current)
 
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> MeterSample:
+        """A sample as the store and the meter_values event carry it: {"ts": RFC 3339, "energy_wh",
+        "power_w", "current_a": [l1, l2, l3] or a number or null, "charging"}. Phase currents are
+        summed (OCPI compares the sum over phases); a null phase counts 0."""
+        ts = parse_ocpi_datetime(obj.get("ts"))
+        if ts is None:
+            raise ValueError(f"sample.ts: must be an RFC 3339 date-time, got {obj.get('ts')!r}")
+        raw = obj.get("current_a")
+        current: Decimal | None = None
+        if isinstance(raw, list | tuple):
+            phases = [decimal_from_json(p) for p in raw if p is not None]
+            if any(p is None for p in phases):
+                raise ValueError(f"sample.current_a: must hold numbers, got {raw!r}")
+            current = sum(phases, Decimal(0)) if phases else None  # type: ignore[arg-type]
+        elif raw is not None:
+            current = decimal_from_json(raw)
+            if current is None:
+                raise ValueError(f"sample.current_a: must be a number or a list, got {raw!r}")
+        return cls(ts=ts, energy_wh=obj.get("energy_wh"), power_w=obj.get("power_w"),  # type: ignore[arg-type]
+                   charging=bool(obj.get("charging")), current_a=current)
+
 
 @dataclass(frozen=True)
-class _Interval:
+class Interval:
+    """What happened between two consecutive samples."""
+
     start: datetime
     end: datetime
     charging: bool
     energy_wh: int
     currents: tuple[Decimal, ...]
 
+    @property
+    def power_kw(self) -> Decimal:
+        seconds = Decimal((self.end - self.start) // _ONE_MICROSECOND) / 1_000_000
+        return Decimal(self.energy_wh) * Decimal("3.6") / seconds
+
     def as_period(self) -> ChargingPeriod:
-        return _period(self.start, self.end, self.charging, self.energy_wh, [self])
+        return Run.of(self, 0, ()).as_period()
+
+
+class IntervalMaker:
+    """Samples in time order -> intervals. Each interval is charging if the register rose in it or
+    the earlier sample says charging, parking otherwise; its energy is the register difference (a
+    decrease counts 0). Samples with the same timestamp pass their energy on to the next interval."""
+
+    def __init__(self) -> None:
+        self.last: MeterSample | None = None
+        self._carried_wh = 0
+        self._carried_charging = False
+
+    def peek(self, later: MeterSample) -> Interval | None:
+        """The interval `later` would close, without taking it in."""
+        return self._step(later)[0]
+
+    def feed(self, later: MeterSample) -> Interval | None:
+        interval, self._carried_wh, self._carried_charging = self._step(later)
+        self.last = later
+        return interval
+
+    @property
+    def carried_wh(self) -> int:
+        return self._carried_wh
+
+    def _step(self, later: MeterSample) -> tuple[Interval | None, int, bool]:
+        earlier = self.last
+        if earlier is None:
+            return None, 0, False
+        energy = max(later.energy_wh - earlier.energy_wh, 0) + self._carried_wh
+        charging = energy > 0 or earlier.charging or self._carried_charging
+        if later.ts == earlier.ts:
+            return None, energy, charging
+        currents = tuple(s.current_a for s in (earlier, later) if s.current_a is not None)
+        return Interval(earlier.ts, later.ts, charging, energy, currents), 0, False
+
+
+def intervals_of(ordered: Sequence[MeterSample]) -> list[Interval]:
+    """All intervals of samples in time order; energy left over by samples sharing the last
+    timestamp goes to the last interval."""
+    maker = IntervalMaker()
+    intervals = [i for i in map(maker.feed, ordered) if i is not None]
+    if maker.carried_wh and intervals:
+        last = intervals[-1]
+        intervals[-1] = Interval(last.start, last.end, True, last.energy_wh + maker.carried_wh, last.currents)
+    return intervals
+
+
+@dataclass(frozen=True)
+class Run:
+    """Consecutive intervals of one kind within which no restriction of the tariff changes."""
+
+    start: datetime
+    end: datetime
+    charging: bool
+    start_wh: int
+    """The session's energy before this run."""
+    energy_wh: int
+    signature: tuple[bool, ...]
+    min_power_kw: Decimal
+    max_power_kw: Decimal
+    min_current_a: Decimal | None
+    max_current_a: Decimal | None
+
+    @classmethod
+    def of(cls, interval: Interval, start_wh: int, signature: tuple[bool, ...]) -> Run:
+        power = interval.power_kw
+        return cls(interval.start, interval.end, interval.charging, start_wh, interval.energy_wh, signature,
+                   power, power, min(interval.currents, default=None), max(interval.currents, default=None))
+
+    def plus(self, interval: Interval) -> Run:
+        power = interval.power_kw
+        return Run(self.start, interval.end, self.charging, self.start_wh, self.energy_wh + interval.energy_wh,
+                   self.signature, min(self.min_power_kw, power), max(self.max_power_kw, power),
+                   _least(self.min_current_a, min(interval.currents, default=None)),
+                   _most(self.max_current_a, max(interval.currents, default=None)))
+
+    def as_period(self) -> ChargingPeriod:
+        hours = Decimal((self.end - self.start) // _ONE_MICROSECOND) / 3_600_000_000
+        return ChargingPeriod(
+            start=self.start, energy_kwh=Decimal(self.energy_wh) / 1000,
+            charging_h=hours if self.charging else Decimal(0), parking_h=Decimal(0) if self.charging else hours,
+            min_current_a=self.min_current_a, max_current_a=self.max_current_a,
+            min_power_kw=self.min_power_kw, max_power_kw=self.max_power_kw)
+
+
+class Runs:
+    """Groups intervals into runs, greedily in time order.
+
+    With a tariff, an interval joins the open run only if nothing that could change which element
+    applies lies between: a local-time or session-duration boundary, a kWh threshold, or a change
+    in which current/power restrictions hold. Without one, all same-kind neighbours join.
+    """
+
+    def __init__(self, tariff: Tariff | None, cuts: TimeCuts | None) -> None:
+        self._tariff = tariff
+        self._cuts = cuts
+        self._thresholds_wh = [k * 1000 for k in kwh_thresholds(tariff)] if tariff else []
+        self.last: Run | None = None
+        self.energy_wh = 0
+
+    def join(self, interval: Interval) -> tuple[Run | None, Run]:
+        """(the run that `interval` closes, if any; the run it belongs to), changing nothing."""
+        last, tariff = self.last, self._tariff
+        signature = rate_signature(tariff, interval.as_period()) if tariff else ()
+        if last is not None and last.charging == interval.charging and last.signature == signature:
+            if tariff is None or not (
+                    (self._cuts is not None and self._cuts.any_between(last.start, interval.end))
+                    or _any_strictly_between(self._thresholds_wh, last.start_wh,
+                                             self.energy_wh + interval.energy_wh)):
+                return None, last.plus(interval)
+        return last, Run.of(interval, self.energy_wh, signature)
+
+    def push(self, interval: Interval) -> Run | None:
+        """Takes `interval` in; returns the run it closed, if any."""
+        closed, self.last = self.join(interval)
+        self.energy_wh += interval.energy_wh
+        return closed
 
 
 def periods_from_samples(samples: Sequence[MeterSample], *, tz: str,
                          tariff: Tariff | None = None) -> list[ChargingPeriod]:
-    """Turn a session's meter samples into charging periods.
+    """Turn a session's meter samples into charging periods (see Runs for how they are cut).
 
-    Each pair of consecutive samples is an interval: charging if the energy register rose in it or
-    the earlier sample says charging, parking otherwise. Its energy is the register difference (a
-    decrease counts 0); its power is energy / time, its current the samples' currents if known.
-
-    Adjacent intervals of the same kind are merged into one period. With `tariff` given, they are
-    not merged across anything that could change which tariff element applies: a local-time
-    boundary, a session-duration or kWh threshold of the tariff, or a change in which current/power
-    restrictions hold. price_periods then sees the energy where the meter put it. Without a tariff
-    all same-kind neighbours merge, and price_periods spreads a period's energy evenly over its
-    time when it cuts it at a time-of-day boundary. The session starts at the first sample; samples
-    may come in any order.
+    With `tariff` given, price_periods sees the energy where the meter put it. Without one,
+    price_periods spreads a period's energy evenly over its time when it cuts it at a time-of-day
+    boundary. The session starts at the first sample; samples may come in any order.
     """
     zone = site_zone(tz)
     ordered = sorted(samples, key=lambda s: s.ts)
@@ -74,83 +217,19 @@ def periods_from_samples(samples: Sequence[MeterSample], *, tz: str,
         return []
     with localcontext() as ctx:
         ctx.prec = PRECISION
-        intervals = _intervals(ordered)
-        runs = _merge(intervals, tariff, zone, ordered[0].ts) if tariff else _merge_same_kind(intervals)
-        return [_period(run[0].start, run[-1].end, run[0].charging, sum(i.energy_wh for i in run), run)
-                for run in runs]
+        runs = Runs(tariff, TimeCuts(tariff, zone, ordered[0].ts) if tariff else None)
+        closed = [run for run in map(runs.push, intervals_of(ordered)) if run is not None]
+        return [run.as_period() for run in [*closed, *([runs.last] if runs.last else [])]]
 
 
-def _intervals(ordered: list[MeterSample]) -> list[_Interval]:
-    intervals: list[_Interval] = []
-    carried_wh, carried_charging = 0, False  # energy seen between samples with the same timestamp
-    for earlier, later in pairwise(ordered):
-        energy = max(later.energy_wh - earlier.energy_wh, 0) + carried_wh
-        charging = energy > 0 or earlier.charging or carried_charging
-        if later.ts == earlier.ts:
-            carried_wh, carried_charging = energy, charging
-            continue
-        carried_wh, carried_charging = 0, False
-        currents = tuple(s.current_a for s in (earlier, later) if s.current_a is not None)
-        intervals.append(_Interval(earlier.ts, later.ts, charging, energy, currents))
-    if carried_wh and intervals:
-        last = intervals[-1]
-        intervals[-1] = _Interval(last.start, last.end, True, last.energy_wh + carried_wh, last.currents)
-    return intervals
+def _least(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
-def _merge_same_kind(intervals: list[_Interval]) -> list[list[_Interval]]:
-    runs: list[list[_Interval]] = []
-    for interval in intervals:
-        if runs and runs[-1][-1].charging == interval.charging:
-            runs[-1].append(interval)
-        else:
-            runs.append([interval])
-    return runs
-
-
-def _merge(intervals: list[_Interval], tariff: Tariff, zone: tzinfo,
-           session_start: datetime) -> list[list[_Interval]]:
-    cuts = time_cuts(tariff, zone, intervals[0].start, intervals[-1].end, session_start)
-    thresholds_wh = [k * 1000 for k in kwh_thresholds(tariff)]
-    runs: list[list[_Interval]] = []
-    run_start_wh = energy_wh = 0
-    signature: tuple[bool, ...] = ()
-    for interval in intervals:
-        interval_signature = rate_signature(tariff, interval.as_period())
-        end_wh = energy_wh + interval.energy_wh
-        if (runs and runs[-1][-1].charging == interval.charging and interval_signature == signature
-                and not _any_strictly_between(cuts, runs[-1][0].start, interval.end)
-                and not _any_strictly_between(thresholds_wh, run_start_wh, end_wh)):
-            runs[-1].append(interval)
-        else:
-            runs.append([interval])
-            run_start_wh, signature = energy_wh, interval_signature
-        energy_wh = end_wh
-    return runs
+def _most(a: Decimal | None, b: Decimal | None) -> Decimal | None:
+    return b if a is None else a if b is None else max(a, b)
 
 
 def _any_strictly_between(sorted_values: Sequence[Any], low: Any, high: Any) -> bool:
     index = bisect.bisect_right(sorted_values, low)
     return index < len(sorted_values) and sorted_values[index] < high
-
-
-def _period(start: datetime, end: datetime, charging: bool, energy_wh: int,
-            intervals: Sequence[_Interval]) -> ChargingPeriod:
-    hours = Decimal((end - start) // _ONE_MICROSECOND) / 3_600_000_000
-    powers = [_power_kw(i) for i in intervals]
-    currents = [c for i in intervals for c in i.currents]
-    return ChargingPeriod(
-        start=start,
-        energy_kwh=Decimal(energy_wh) / 1000,
-        charging_h=hours if charging else Decimal(0),
-        parking_h=Decimal(0) if charging else hours,
-        min_current_a=min(currents, default=None),
-        max_current_a=max(currents, default=None),
-        min_power_kw=min(powers),
-        max_power_kw=max(powers),
-    )
-
-
-def _power_kw(interval: _Interval) -> Decimal:
-    seconds = Decimal((interval.end - interval.start) // _ONE_MICROSECOND) / 1_000_000
-    return Decimal(interval.energy_wh) * Decimal("3.6") / seconds

@@ -22,9 +22,10 @@ Nothing is rounded: amounts keep 50 significant digits until Cost.to_json.
 """
 from __future__ import annotations
 
+import bisect
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, time, timedelta, tzinfo
+from datetime import UTC, date, datetime, time, timedelta, tzinfo
 from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
 from itertools import pairwise
 from typing import Any
@@ -104,8 +105,8 @@ class Cost:
 
     def to_json(self) -> dict[str, Any]:
         """{"currency", "excl_vat", "incl_vat"} with amounts as JSON numbers, 4 decimals, half up."""
-        return {"currency": self.currency, "excl_vat": _json_number(self.excl_vat),
-                "incl_vat": _json_number(self.incl_vat)}
+        return {"currency": self.currency, "excl_vat": money_json(self.excl_vat),
+                "incl_vat": money_json(self.incl_vat)}
 
 
 def price_periods(tariff: Tariff, periods: Sequence[ChargingPeriod], *, session_start: datetime,
@@ -146,25 +147,6 @@ def as_utc(moment: datetime, name: str) -> datetime:
     return moment.astimezone(UTC)
 
 
-def time_cuts(tariff: Tariff, zone: tzinfo, start: datetime, end: datetime,
-              session_start: datetime) -> list[datetime]:
-    """Instants strictly inside (start, end) where a time- or duration-based restriction may
-    change its verdict. A few harmless extra instants may be included."""
-    if end <= start:
-        return []
-    cuts: set[datetime] = set()
-    wall_times = _wall_boundaries(tariff)
-    day = start.astimezone(zone).date() - timedelta(days=1)
-    last_day = end.astimezone(zone).date() + timedelta(days=1)
-    while day <= last_day:
-        for wall in wall_times:
-            cuts.update(_instants_of_wall_time(datetime.combine(day, wall), zone))
-        day += timedelta(days=1)
-    for seconds in _duration_thresholds(tariff):
-        cuts.add(session_start + timedelta(seconds=seconds))
-    return sorted(c for c in cuts if start < c < end)
-
-
 def kwh_thresholds(tariff: Tariff) -> list[Decimal]:
     values = {v for r in _all_restrictions(tariff) for v in (r.min_kwh, r.max_kwh) if v is not None}
     return sorted(values)
@@ -182,6 +164,9 @@ class _Slice:
     """A piece of a period within which no restriction changes its verdict."""
 
     at: datetime
+    """Where the piece's time piece starts: restrictions are read here."""
+    start: datetime
+    """Where this piece itself starts (later than `at` when a kWh threshold cut the time piece)."""
     energy_before_kwh: Decimal
     energy_kwh: Decimal
     charging_h: Decimal
@@ -192,6 +177,13 @@ class _Slice:
         if dimension is TariffDimension.ENERGY:
             return self.energy_kwh
         return self.charging_h if dimension is TariffDimension.TIME else self.parking_h
+
+    def as_period(self) -> ChargingPeriod:
+        p = self.period
+        return ChargingPeriod(start=self.start, energy_kwh=self.energy_kwh, charging_h=self.charging_h,
+                              parking_h=self.parking_h, min_current_a=p.min_current_a,
+                              max_current_a=p.max_current_a, min_power_kw=p.min_power_kw,
+                              max_power_kw=p.max_power_kw)
 
 
 @dataclass
@@ -206,68 +198,154 @@ class _Usage:
         self.lines[component] = self.lines.get(component, _ZERO) + quantity
         self.last = component
 
+    def copy(self) -> _Usage:
+        return _Usage(self.total, dict(self.lines), self.last)
+
 
 _METERED = (TariffDimension.ENERGY, TariffDimension.TIME, TariffDimension.PARKING_TIME)
 
 
-def _price(tariff: Tariff, periods: list[ChargingPeriod], session_start: datetime,
-           session_end: datetime, zone: tzinfo) -> Cost:
-    usage = {dimension: _Usage() for dimension in _METERED}
-    for piece in _slices(tariff, periods, session_start, session_end, zone):
-        local = piece.at.astimezone(zone)
-        elapsed = piece.at - session_start
-        for dimension in _METERED:
-            quantity = piece.quantity(dimension)
-            if quantity <= 0:
-                continue
-            usage[dimension].total += quantity
-            component = _first_component(tariff, dimension, local, elapsed, piece.energy_before_kwh,
-                                         piece.period)
-            if component is not None:
-                usage[dimension].bill(component, quantity)
+class TimeCuts:
+    """The instants of one session where a time- or duration-based restriction may change its
+    verdict, computed per local day on demand and kept sorted. A few harmless extra instants
+    (midnight, the DST change itself) may be included."""
 
-    parking_billed = usage[TariffDimension.PARKING_TIME].last is not None
-    by_dimension: dict[str, DimensionCost] = {}
-    for dimension, used in usage.items():
-        extra = _ZERO
-        if used.last is not None and not (dimension is TariffDimension.TIME and parking_billed):
-            extra = _step_extra(used.total, used.last.step_size, _STEP_UNITS[dimension])
-            if extra:
-                used.bill(used.last, extra)
-        by_dimension[dimension.value.lower()] = DimensionCost(
-            quantity=used.total + extra, amount=_sum_lines(used.lines.items()))
+    def __init__(self, tariff: Tariff, zone: tzinfo, session_start: datetime) -> None:
+        self._zone = zone
+        self._walls = sorted(_wall_boundaries(tariff))
+        self._instants = sorted({session_start + timedelta(seconds=s) for s in _duration_thresholds(tariff)})
+        self._days: tuple[date, date] | None = None
 
-    start_period = periods[0] if periods else None
-    flat = _first_component(tariff, TariffDimension.FLAT, session_start.astimezone(zone), timedelta(0),
-                            _ZERO, start_period)
-    flat_lines = [(flat, Decimal(1))] if flat is not None else []
-    by_dimension["flat"] = DimensionCost(quantity=Decimal(len(flat_lines)), amount=_sum_lines(flat_lines))
+    def between(self, start: datetime, end: datetime) -> list[datetime]:
+        """The cuts strictly inside (start, end)."""
+        if end <= start:
+            return []
+        self._cover(start, end)
+        return self._instants[bisect.bisect_right(self._instants, start):bisect.bisect_left(self._instants, end)]
 
-    excl = sum((d.amount.excl_vat for d in by_dimension.values()), _ZERO)
-    incl = sum((d.amount.incl_vat or _ZERO for d in by_dimension.values()), _ZERO)
-    excl, incl = _bounded(excl, incl, tariff)
-    return Cost(currency=tariff.currency, excl_vat=excl, incl_vat=incl, by_dimension=by_dimension)
+    def any_between(self, start: datetime, end: datetime) -> bool:
+        if end <= start:
+            return False
+        self._cover(start, end)
+        index = bisect.bisect_right(self._instants, start)
+        return index < len(self._instants) and self._instants[index] < end
+
+    def _cover(self, start: datetime, end: datetime) -> None:
+        first = start.astimezone(self._zone).date() - timedelta(days=1)
+        last = end.astimezone(self._zone).date() + timedelta(days=1)
+        if self._days is not None and self._days[0] <= first and last <= self._days[1]:
+            return
+        if self._days is not None:
+            first, last = min(first, self._days[0]), max(last, self._days[1])
+        new: set[datetime] = set(self._instants)
+        day = first
+        while day <= last:
+            if self._days is None or not self._days[0] <= day <= self._days[1]:
+                for wall in self._walls:
+                    new.update(_instants_of_wall_time(datetime.combine(day, wall), self._zone))
+            day += timedelta(days=1)
+        self._instants = sorted(new)
+        self._days = (first, last)
 
 
-def _slices(tariff: Tariff, periods: list[ChargingPeriod], session_start: datetime,
-            session_end: datetime, zone: tzinfo) -> Iterator[_Slice]:
-    thresholds = kwh_thresholds(tariff)
-    energy_so_far = _ZERO
-    for index, period in enumerate(periods):
-        end = periods[index + 1].start if index + 1 < len(periods) else session_end
-        edges = [period.start, *time_cuts(tariff, zone, period.start, end, session_start), end]
+class Bill:
+    """A session's usage, priced period by period in time order; cost() reads the total so far.
+
+    copy() is cheap (a few small dicts), so a running session can be priced as "what has been
+    priced so far" plus its open tail.
+    """
+
+    def __init__(self, tariff: Tariff, zone: tzinfo, session_start: datetime, *, keep_slices: bool = False,
+                 cuts: TimeCuts | None = None) -> None:
+        self.tariff = tariff
+        self.zone = zone
+        self.session_start = session_start
+        self.cuts = cuts or TimeCuts(tariff, zone, session_start)
+        self.thresholds = kwh_thresholds(tariff)
+        self.usage = {dimension: _Usage() for dimension in _METERED}
+        self.energy_so_far = _ZERO
+        self.first_period: ChargingPeriod | None = None
+        self.slices: list[_Slice] | None = [] if keep_slices else None
+
+    def copy(self) -> Bill:
+        twin = Bill.__new__(Bill)
+        twin.__dict__.update(self.__dict__)
+        twin.usage = {dimension: used.copy() for dimension, used in self.usage.items()}
+        twin.slices = None if self.slices is None else list(self.slices)
+        return twin
+
+    def add(self, period: ChargingPeriod, end: datetime) -> None:
+        """Bills `period`, which lasts until `end` (the next period's start or the session end)."""
+        if self.first_period is None:
+            self.first_period = period
+        zone, session_start = self.zone, self.session_start
+        for piece in self._slices(period, end):
+            if self.slices is not None:
+                self.slices.append(piece)
+            local = piece.at.astimezone(zone)
+            elapsed = piece.at - session_start
+            for dimension in _METERED:
+                quantity = piece.quantity(dimension)
+                if quantity <= 0:
+                    continue
+                self.usage[dimension].total += quantity
+                component = _first_component(self.tariff, dimension, local, elapsed, piece.energy_before_kwh,
+                                             piece.period)
+                if component is not None:
+                    self.usage[dimension].bill(component, quantity)
+
+    def cost(self) -> Cost:
+        """The session's price if it ended with the last period added: step_size on each total,
+        FLAT, then min/max price. Does not change the bill."""
+        tariff, zone = self.tariff, self.zone
+        parking_billed = self.usage[TariffDimension.PARKING_TIME].last is not None
+        by_dimension: dict[str, DimensionCost] = {}
+        for dimension, used in self.usage.items():
+            lines = dict(used.lines)
+            extra = _ZERO
+            if used.last is not None and not (dimension is TariffDimension.TIME and parking_billed):
+                extra = _step_extra(used.total, used.last.step_size, _STEP_UNITS[dimension])
+                if extra:
+                    lines[used.last] = lines.get(used.last, _ZERO) + extra
+            by_dimension[dimension.value.lower()] = DimensionCost(
+                quantity=used.total + extra, amount=_sum_lines(lines.items()))
+
+        flat = _first_component(tariff, TariffDimension.FLAT, self.session_start.astimezone(zone), timedelta(0),
+                                _ZERO, self.first_period)
+        flat_lines = [(flat, Decimal(1))] if flat is not None else []
+        by_dimension["flat"] = DimensionCost(quantity=Decimal(len(flat_lines)), amount=_sum_lines(flat_lines))
+
+        excl = sum((d.amount.excl_vat for d in by_dimension.values()), _ZERO)
+        incl = sum((d.amount.incl_vat or _ZERO for d in by_dimension.values()), _ZERO)
+        excl, incl = _bounded(excl, incl, tariff)
+        return Cost(currency=tariff.currency, excl_vat=excl, incl_vat=incl, by_dimension=by_dimension)
+
+    def _slices(self, period: ChargingPeriod, end: datetime) -> Iterator[_Slice]:
+        thresholds = self.thresholds
+        edges = [period.start, *self.cuts.between(period.start, end), end]
         spans = [_microseconds(b - a) for a, b in pairwise(edges)] if end > period.start else [Decimal(1)]
         for at, energy, charging, parking in zip(
                 edges[:-1], _share(period.energy_kwh, spans), _share(period.charging_h, spans),
                 _share(period.parking_h, spans), strict=True):
+            energy_so_far = self.energy_so_far
             marks = [energy_so_far, *(k for k in thresholds if energy_so_far < k < energy_so_far + energy),
                      energy_so_far + energy]
             by_energy = [b - a for a, b in pairwise(marks)]
+            start = at
             for part, charging_part, parking_part in zip(
                     _share(energy, by_energy), _share(charging, by_energy), _share(parking, by_energy),
                     strict=True):
-                yield _Slice(at, energy_so_far, part, charging_part, parking_part, period)
-                energy_so_far += part
+                yield _Slice(at, start, self.energy_so_far, part, charging_part, parking_part, period)
+                self.energy_so_far += part
+                start += timedelta(microseconds=int((charging_part + parking_part) * 3_600_000_000))
+
+
+def _price(tariff: Tariff, periods: list[ChargingPeriod], session_start: datetime,
+           session_end: datetime, zone: tzinfo) -> Cost:
+    bill = Bill(tariff, zone, session_start)
+    for index, period in enumerate(periods):
+        bill.add(period, periods[index + 1].start if index + 1 < len(periods) else session_end)
+    return bill.cost()
 
 
 def _share(total: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
@@ -413,8 +491,11 @@ def _quantity(value: Any, name: str) -> Decimal:
     return number
 
 
-def _json_number(amount: Decimal) -> float:
-    return float(amount.quantize(_JSON_RESOLUTION, ROUND_HALF_UP))
+def money_json(amount: Decimal) -> float:
+    """An amount as the cloud contract wants it: a JSON number, 4 decimals, half up."""
+    with localcontext() as ctx:
+        ctx.prec = PRECISION
+        return float(amount.quantize(_JSON_RESOLUTION, ROUND_HALF_UP))
 
 
 # -- OCPI CDR --------------------------------------------------------------------------------

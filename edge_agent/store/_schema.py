@@ -43,9 +43,11 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE command_results (request_id TEXT PRIMARY KEY, body TEXT NOT NULL, answered_at TEXT NOT NULL);
     CREATE TABLE evse_settings (evse_id TEXT PRIMARY KEY, available INTEGER NOT NULL DEFAULT 1);
     """,
-    # 2: a session survives its charger's energy counter being reset (a reboot) or jumping
+    # 2: a session survives its charger's energy counter being reset (a reboot) or jumping,
+    #    and the wall clock stepping (meta keeps the clock's offset for the next run of this boot)
     """
     ALTER TABLE sessions ADD COLUMN energy_offset_wh INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
 )
 

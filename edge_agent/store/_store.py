@@ -6,10 +6,13 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
+
+from ..clock import parse_rfc3339, rfc3339
 
 from ._schema import migrate
 
@@ -83,6 +86,7 @@ class SessionRecord:
             "meter_start_wh": self.meter_start_wh,
             "tariff_id": self.tariff_id,
             "tariffs_version": self.tariffs_version,
+            "clock_synced": self.clock_synced,
         }
 
 
@@ -282,6 +286,30 @@ class Store:
         row = self.db.execute("SELECT ts, energy_wh FROM samples WHERE session_id = ? ORDER BY rowid DESC "
                               "LIMIT 1", [session_id]).fetchone()
         return {"ts": row[0], "energy_wh": row[1]} if row else None
+
+    def shift_session_times(self, session_id: str, seconds: float) -> None:
+        """The wall clock stepped: move a running session's start and samples with it, so its
+        durations stay what the monotonic clock measured."""
+        def shifted(ts: str) -> str:
+            return rfc3339(parse_rfc3339(ts) + timedelta(seconds=seconds))
+
+        with self.transaction():
+            row = self.db.execute("SELECT started_at FROM sessions WHERE id = ?", [session_id]).fetchone()
+            if row is None:
+                return
+            self.db.execute("UPDATE sessions SET started_at = ?, clock_synced = 0 WHERE id = ?",
+                            [shifted(row[0]), session_id])
+            rows = self.db.execute("SELECT rowid, ts FROM samples WHERE session_id = ?", [session_id]).fetchall()
+            self.db.conn.executemany("UPDATE samples SET ts = ? WHERE rowid = ?",
+                                     [(shifted(ts), rowid) for rowid, ts in rows])
+
+    def meta(self, key: str) -> str | None:
+        row = self.db.execute("SELECT value FROM meta WHERE key = ?", [key]).fetchone()
+        return row[0] if row else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
+                        "value = excluded.value", [key, value])
 
     def active_sessions(self) -> list[SessionRecord]:
         return self.sessions(where="status = 'active'")

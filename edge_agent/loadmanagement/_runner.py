@@ -1,0 +1,318 @@
+"""The control loop: reads the site meter, decides, writes the chargers (lowering before raising).
+
+Inside the agent (Site polls the chargers and owns sessions):
+
+    plan = site_plan(config)                       # tree, grid limits, each charger's fail-safe current
+    ... create_charger(..., failsafe_current_a=plan.failsafe_a[evse_id]) ...
+    loop = LoadManagementLoop(plan=plan, chargers=chargers, meter=meter, locks=locks, on_offer=...)
+    task = asyncio.create_task(loop.run())
+    loop.session_started("3"); loop.charger_reading("3", reading); loop.session_ended("3", stopped=True)
+
+Standalone (`own_chargers=True`), the loop also sets up, polls and keeps alive the chargers
+itself, as the proof harness does.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Protocol
+
+from drivers.api import ChargerReading, Measurement
+from drivers.errors import DeviceError
+
+from ._allocator import Step, failsafe_currents
+from ._controller import Decision, GridLimits, LoadController, LoadSettings, Reaction, ReactionLog, SiteLimit
+from ._tree import CurrentRange, LimitTree
+
+if TYPE_CHECKING:
+    from edge_agent.config import SiteConfig
+
+log = logging.getLogger("edge_agent.loadmanagement")
+
+
+class ControlledCharger(Protocol):
+    async def set_max_current(self, amps: float) -> None: ...
+    async def enable(self, on: bool) -> None: ...
+
+
+class OwnedCharger(ControlledCharger, Protocol):
+    async def setup(self) -> None: ...
+    async def poll(self) -> ChargerReading: ...
+    async def keepalive(self) -> None: ...
+
+
+class SiteMeter(Protocol):
+    async def measure(self) -> Measurement: ...
+
+
+@dataclass(frozen=True, slots=True)
+class SitePlan:
+    tree: LimitTree
+    grid: GridLimits
+    failsafe_a: dict[str, float]  # each charger's own fail-safe current (A per phase)
+
+
+def charger_ranges(config: SiteConfig) -> dict[str, CurrentRange]:
+    """Each charger's offerable currents from its model's register map and its max_current_a."""
+    from drivers.modbus import load_map
+
+    out = {}
+    for charger in config.chargers:
+        regmap = load_map(charger.model)
+        control = regmap.control
+        step = regmap.registers[control.register].scale
+        top = control.max_current_a if charger.max_current_a is None else float(charger.max_current_a)
+        out[charger.evse_id] = CurrentRange(min_a=float(control.min_current_a), max_a=float(top),
+                                            step_a=max(float(step), 0.1))
+    return out
+
+
+def site_plan(config: SiteConfig, *, ranges: Mapping[str, CurrentRange] | None = None) -> SitePlan:
+    """Tree, limits and fail-safe currents of a config with a `site:` section.
+
+    The fail-safe currents share `site.safe_current_a` (the chargers' budget when nothing is
+    measured; it defaults to max_current_a and never exceeds it) and every circuit limit.
+    """
+    site = config.site
+    if site is None:
+        raise ValueError("load management needs a site section in the configuration")
+    tree = LimitTree.from_config(config, ranges=ranges if ranges is not None else charger_ranges(config))
+    grid = GridLimits(max_current_a=float(site.max_current_a), safe_current_a=float(site.safe_current_a),
+                      meter=site.meter is not None, meter_timeout_s=float(site.meter_timeout_s))
+    return SitePlan(tree, grid, failsafe_currents(tree, budget_a=float(site.safe_current_a)))
+
+
+class LoadManagementLoop:
+    def __init__(
+        self,
+        *,
+        plan: SitePlan,
+        chargers: Mapping[str, ControlledCharger],
+        meter: SiteMeter | None = None,
+        settings: LoadSettings | None = None,
+        own_chargers: bool = False,
+        poll_interval_s: float = 1.0,
+        locks: Mapping[str, asyncio.Lock] | None = None,
+        on_offer: Callable[[str, float], None] | None = None,
+        on_reaction: Callable[[Reaction], None] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        missing = {link.evse_id for link in plan.tree.evses} - set(chargers)
+        if missing:
+            raise ValueError(f"no charger for EVSE(s) {', '.join(sorted(missing))}")
+        if plan.grid.meter and meter is None:
+            raise ValueError("the site has a meter configured but no meter was given")
+        self.plan = plan
+        self.settings = settings or LoadSettings()
+        self.controller = LoadController(plan.tree, grid=plan.grid, settings=self.settings, failsafe_a=plan.failsafe_a)
+        self.chargers = dict(chargers)
+        self.meter = meter
+        self.reactions = ReactionLog()
+        self._own = own_chargers
+        self._poll_interval_s = poll_interval_s
+        self._locks = {e: (locks or {}).get(e) or asyncio.Lock() for e in self.chargers}
+        self._on_offer = on_offer
+        self._on_reaction = on_reaction
+        self._clock = clock
+        self._enabled: dict[str, bool] = {}
+        self._failing: set[str] = set()  # EVSEs whose last write failed (logged once)
+        self._meter_ok: bool | None = None
+        self._limit_until: datetime | None = None
+        self._wake = asyncio.Event()
+        self.last_decision: Decision | None = None
+
+    # -- inputs from the agent (all synchronous; they wake the control loop) ----------------------
+
+    def session_started(self, evse_id: str, *, priority: int | None = None, max_current_a: float | None = None) -> None:
+        self.controller.session_started(evse_id, at=self._clock(), priority=priority, max_current_a=max_current_a)
+        self._wake.set()
+
+    def session_ended(self, evse_id: str, *, stopped: bool = False) -> None:
+        """`stopped`: the caller has already disabled the charger (Site does, with enable(False))."""
+        self.controller.session_ended(evse_id, at=self._clock(), stopped=stopped)
+        if stopped:
+            self._enabled[evse_id] = False
+        self._wake.set()
+
+    def charger_reading(self, evse_id: str, reading: ChargerReading, *, at: float | None = None) -> None:
+        """A successful poll; call it with the EVSE's lock held, right after the poll."""
+        currents = reading.measurement.currents_a
+        if self.controller.evse_reading(evse_id, at=self._clock() if at is None else at, state=reading.iec61851,
+                                        currents_a=currents, offered_a=reading.offered_current_a):
+            self._wake.set()
+
+    def charger_unavailable(self, evse_id: str, *, at: float | None = None) -> None:
+        self.controller.evse_unreachable(evse_id, at=self._clock() if at is None else at)
+        self._wake.set()
+
+    def set_site_limit(self, max_current_a: float | None, *, until: datetime | None = None) -> SiteLimit:
+        """The cloud's set_site_limit. Raises ValueError for an `until` in the past or a bad value."""
+        now = self._clock()
+        until_mono = None
+        if until is not None:
+            until_mono = now + (until - datetime.now(UTC)).total_seconds()
+        limit = self.controller.set_site_limit(max_current_a, at=now, until=until_mono)
+        self._limit_until = until.astimezone(UTC).replace(microsecond=0) if limit.source == "cloud" and until else None
+        self._wake.set()
+        return limit
+
+    # -- what it shows ----------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        """For `~/state`: fields that change only when something happens (not with every meter reading)."""
+        now = self._clock()
+        limit = self.controller.site_limit(now)
+        last = self.last_decision
+        return {
+            "max_current_a": limit.max_current_a,
+            "limit_source": limit.source,
+            "limit_until": (self._limit_until.isoformat().replace("+00:00", "Z")
+                            if limit.source == "cloud" and self._limit_until else None),
+            "headroom_source": self.controller.headroom(now).source,
+            "allocated_a": {} if last is None else {e: a for e, a in last.allocation.offers.items() if a},
+            "waiting": [] if last is None else list(last.allocation.waiting),
+        }
+
+    def status(self) -> dict[str, Any]:
+        """Everything, for a technician: headroom per phase, other load, offers, the last reaction."""
+        out = self.controller.status(self._clock())
+        last = self.reactions.items[-1] if self.reactions.items else None
+        out["last_reaction"] = None if last is None else {"cause": last.cause, "seconds": round(last.seconds, 3)}
+        return out
+
+    def evse_status(self, evse_id: str) -> dict[str, Any]:
+        return self.controller.evse_status(evse_id)
+
+    # -- the loop ---------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        tasks = [asyncio.create_task(self._control_loop(), name="load-control")]
+        if self.meter is not None:
+            tasks.append(asyncio.create_task(self._meter_loop(), name="site-meter"))
+        if self._own:
+            tasks += [asyncio.create_task(self._poll_loop(e), name=f"load-poll-{e}") for e in self.chargers]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    async def _control_loop(self) -> None:
+        while True:
+            self._wake.clear()
+            decision = self.controller.decide(self._clock())
+            self.last_decision = decision
+            await self._apply(decision)
+            now = self._clock()
+            timeout = self.settings.control_interval_s
+            deadline = self.controller.next_deadline(now)
+            if deadline is not None:
+                timeout = min(timeout, max(0.005, deadline - now + 0.001))
+            try:
+                await asyncio.wait_for(self._wake.wait(), timeout)
+            except TimeoutError:
+                pass
+
+    async def _apply(self, decision: Decision) -> None:
+        if decision.lowering:
+            await asyncio.gather(*(self._write(step) for step in decision.lowering))
+            if decision.cause is not None and decision.cause_at is not None:
+                reaction = Reaction(decision.cause, decision.cause_at, decision.at, self._clock())
+                self.reactions.add(reaction)
+                log.info("load management: %s -> lower offers in place after %.2f s",
+                         reaction.cause, reaction.seconds)
+                if self._on_reaction is not None:
+                    self._on_reaction(reaction)
+        if decision.raising:
+            await asyncio.gather(*(self._write(step) for step in decision.raising))
+
+    async def _write(self, step: Step) -> None:
+        evse_id, amps = step.evse_id, step.to_a
+        charger = self.chargers[evse_id]
+        async with self._locks[evse_id]:
+            has_session = self.controller.has_session(evse_id)
+            if amps > 0 and not has_session:
+                return  # the session ended while this write waited for the lock
+            try:
+                if not has_session:
+                    await charger.enable(False)
+                    self._enabled[evse_id] = False
+                else:
+                    await charger.set_max_current(amps)
+                    if not self._enabled.get(evse_id):
+                        await charger.enable(True)  # writes the setpoint just set (or the stop value)
+                        self._enabled[evse_id] = True
+            except DeviceError as exc:
+                self.controller.offer_failed(evse_id, amps, at=self._clock())
+                if evse_id not in self._failing:
+                    self._failing.add(evse_id)
+                    log.warning("load management: cannot offer %g A on EVSE %s: %s", amps, evse_id, exc)
+                return
+            self.controller.offer_written(evse_id, amps, at=self._clock())
+        if evse_id in self._failing:
+            self._failing.discard(evse_id)
+            log.info("load management: EVSE %s takes offers again", evse_id)
+        if self._on_offer is not None:
+            self._on_offer(evse_id, amps)
+
+    async def _meter_loop(self) -> None:
+        assert self.meter is not None
+        interval = self.settings.meter_interval_s
+        while True:
+            started = self._clock()
+            try:
+                m = await asyncio.wait_for(self.meter.measure(), self.settings.meter_read_timeout_s)
+                if m.currents_a is None:
+                    raise ValueError("the site meter gave no phase currents")
+                if not all(math.isfinite(c) for c in m.currents_a):
+                    raise ValueError(f"the site meter gave {m.currents_a}")
+            except (DeviceError, TimeoutError, ValueError) as exc:
+                if self._meter_ok is not False:
+                    log.warning("site meter unavailable: %s", exc or "no answer")
+                self._meter_ok = False
+            else:
+                if self._meter_ok is False:
+                    log.info("site meter answers again")
+                self._meter_ok = True
+                self.controller.site_meter_reading(m.currents_a, at=self._clock(),
+                                                   power_w=None if m.power_w is None else float(m.power_w))
+                self._wake.set()
+            await asyncio.sleep(max(0.0, interval - (self._clock() - started)))
+
+    async def _poll_loop(self, evse_id: str) -> None:
+        charger: Any = self.chargers[evse_id]
+        needs_setup = True
+        failed = 0
+        while True:
+            started = self._clock()
+            async with self._locks[evse_id]:
+                try:
+                    if needs_setup:
+                        await charger.setup()
+                        if not self.controller.has_session(evse_id):
+                            await charger.enable(False)
+                            self._enabled[evse_id] = False
+                            self.controller.offer_written(evse_id, 0.0, at=self._clock())
+                        needs_setup = False
+                    reading = await charger.poll()
+                    await charger.keepalive()
+                except DeviceError as exc:
+                    failed += 1
+                    if failed == 1:
+                        log.warning("load management: EVSE %s unavailable: %s", evse_id, exc)
+                    self.charger_unavailable(evse_id)
+                else:
+                    if failed:
+                        log.info("load management: EVSE %s back after %d failed polls", evse_id, failed)
+                    failed = 0
+                    self.charger_reading(evse_id, reading)
+            await asyncio.sleep(max(0.0, self._poll_interval_s - (self._clock() - started)))
