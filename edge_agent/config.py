@@ -306,7 +306,10 @@ class ChargerConfig(ModbusEndpoint):
 
 @dataclass(frozen=True, kw_only=True)
 class ReaderConfig:
-    driver: str = _setting("str", "reader type", choices=("rdm6300", "pn532", "hid"))
+    driver: str = _setting(
+        "str", "reader type; charger: the card reader built into that EVSE's charger",
+        choices=("rdm6300", "pn532", "hid", "charger"),
+    )
     port: str | None = _setting("str", "serial port (rdm6300)", default=None)
     device: str | None = _setting(
         "str", "nfcpy device (pn532, e.g. usb) or input device (hid)", default=None
@@ -785,6 +788,14 @@ def _check_charger(ctx: _Context, values: _Values, entries: _Entries, node: Mapp
 def _check_reader(ctx: _Context, values: _Values, entries: _Entries, node: MappingNode, path: str) -> None:
     driver = values["driver"]
     if driver in (None, _INVALID):
+        return
+    if driver == "charger":  # read through the charger's own Modbus map: no port of its own
+        for key in ("port", "device"):
+            if key in entries:
+                ctx.issue(_join(path, key), _key_line(entries, key, node),
+                          "is not used by driver charger (the charger's map has the reader)")
+        if "evse_id" not in entries:
+            ctx.issue(_join(path, "evse_id"), _line(node), "is required for driver charger")
         return
     needed, unused = ("port", "device") if driver == "rdm6300" else ("device", "port")
     if needed not in entries:

@@ -22,7 +22,7 @@ from typing import Any
 from drivers.api import ChargerReading, Tap
 from drivers.errors import DeviceError
 from drivers.modbus import BusRegistry, create_charger, create_meter
-from drivers.readers import create_reader
+from drivers.readers import ChargerReader, create_reader, identifier_of
 
 from . import __version__, watchdog
 from .authorization import Authorizer, Decision, OnlineAnswer
@@ -42,7 +42,7 @@ from .cloud import (
 )
 from .cloud._payloads import check_request_id
 from .cloud._rejections import RejectionLog
-from .config import SiteConfig
+from .config import ConfigError, ConfigIssue, SiteConfig
 from .loadmanagement import LoadManagementLoop, site_plan
 from .lists import UserListUpdater, apply_tariff_list
 from .pricing import MeterSample, RunningCost, SessionPrice, TariffError, price_session, tariff_in_list
@@ -79,6 +79,7 @@ class Evse:
     published_status: tuple[Any, ...] | None = None
     status_published_at: float = 0.0
     unrecorded_end: EndSession | None = None  # decided, not yet on disk (a full disk): retried
+    builtin_reader: ChargerReader | None = None  # the charger's own card reader, polled with it
     charger_error: str | None = None  # the error state last reported in an evse_fault event
 
 
@@ -151,7 +152,17 @@ class Site:
         self.readers = [
             create_reader(driver=r.driver, port=r.port, device=r.device, evse_id=r.evse_id,
                           on_tap=self._tap_from_thread, debounce_s=config.authorization.debounce_s)
-            for r in config.readers]
+            for r in config.readers if r.driver != "charger"]
+        for r in config.readers:
+            if r.driver == "charger" and r.evse_id in self.evses:
+                evse = self.evses[r.evse_id]
+                identifier = identifier_of(evse.charger)
+                if identifier is None:
+                    raise ConfigError([ConfigIssue("readers", None, f"the {evse.charger.model} of EVSE "
+                                                   f"{r.evse_id} has no card reader in its register map")])
+                evse.builtin_reader = ChargerReader(
+                    identifier, evse_id=r.evse_id, debounce_s=config.authorization.debounce_s,
+                    on_tap=lambda tap: asyncio.ensure_future(self.on_tap(tap)))
         self.load: LoadManagementLoop | None = None
         if plan is not None:
             site_meter = config.site.meter if config.site is not None else None
@@ -256,6 +267,8 @@ class Site:
                 evse.needs_setup = False
             reading = await evse.charger.poll()
             await evse.charger.keepalive()
+            if evse.builtin_reader is not None:
+                await evse.builtin_reader.poll()  # logs and swallows its own device errors
         except DeviceError as exc:
             evse.failed_polls += 1
             if self.load is not None:

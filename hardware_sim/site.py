@@ -73,6 +73,7 @@ class SimulatedSite:
         self.agent_broker_port: int | None = None  # e.g. a FaultyLink in front of the broker
         self.site_wide_reader = False  # reader 1 serves the whole garage (no evse_id)
         self.extra_config = ""  # YAML appended at the top level, e.g. a site: section
+        self.builtin_reader = False  # also read cards at the Bender's own reader (register 720)
         self.rtu_bus = SocatPair(self.workdir / "rs485-agent", self.workdir / "rs485-sim",
                                  log_path=self.workdir / "socat-rs485.log")
         self.reader_ports = {
@@ -167,7 +168,7 @@ chargers:
 readers:
   - driver: rdm6300
     port: {self.reader_ports['1'].a}
-{'' if self.site_wide_reader else '    evse_id: "1"' + chr(10)}  - driver: rdm6300
+{'' if self.site_wide_reader else '    evse_id: "1"' + chr(10)}{'  - driver: charger' + chr(10) + '    evse_id: "1"' + chr(10) if self.builtin_reader else ''}  - driver: rdm6300
     port: {self.reader_ports['2'].a}
     evse_id: "2"
 {self.extra_config}"""

@@ -279,3 +279,22 @@ def test_two_sessions_share_the_site_fuse_and_the_cloud_can_lower_it(tmp_path):
             stop.set()
             watcher.join()
         assert worst["sum"] <= 24.0, f"the fuse saw {worst['sum']} A offered"
+
+
+def test_a_card_read_by_the_chargers_own_reader_starts_and_ends_a_session(tmp_path):
+    site = SimulatedSite(tmp_path / "site", speed=60, poll_interval_s=0.2)
+    site.builtin_reader = True
+    with site:
+        site.publish_lists()
+        assert lists_applied(site), site.agent_log_tail()
+        bender = site.chargers["1"]
+        bender.plug()
+        bender.set_ev_requesting(True)
+        bender.present_card("04:a2:b3:c4:d5")  # the Bender's reader, in its own format
+        started = site.cloud.wait_event("session_started", timeout=10)
+        assert started["data"]["token"] == KARI and started["data"]["evse_id"] == "1"
+        bender.present_card(None)
+        time.sleep(2.5)
+        bender.present_card("04A2B3C4D5")
+        ended = site.cloud.wait_event("session_ended", timeout=10)
+        assert ended["data"]["reason"] == "local"
