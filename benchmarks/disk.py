@@ -69,7 +69,9 @@ class DiskWatch:
         log = self.site.agent_log.stat().st_size - self.log0
         work = self.checkpoint()
         idle = self.checkpoint()  # what a checkpoint with nothing to copy costs by itself (WAL index, headers)
-        return {"seconds": elapsed, "agent": agent, "log": log, "checkpoint": max(0, work - idle)}
+        # Nothing written by the agent, nothing of its to copy: what is left is this process's own.
+        checkpoint = max(0, work - idle) if agent > log else 0
+        return {"seconds": elapsed, "agent": agent, "log": log, "checkpoint": checkpoint}
 
 
 def db_count(path: Path, sql: str) -> int:

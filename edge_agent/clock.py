@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ctypes
+import functools
 import time
 import ctypes.util
 from datetime import datetime, timezone
@@ -34,6 +35,12 @@ def parse_rfc3339(text: str) -> datetime:
     return moment.astimezone(timezone.utc)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL:
+    # find_library runs `ldconfig -p` in a child process: once per process is enough.
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+
+
 class _Timex(ctypes.Structure):
     _fields_ = [("modes", ctypes.c_uint), ("offset", ctypes.c_long), ("freq", ctypes.c_long),
                 ("maxerror", ctypes.c_long), ("esterror", ctypes.c_long), ("status", ctypes.c_int),
@@ -46,7 +53,7 @@ def clock_synced(marker: Path | None = None) -> bool:
     if marker is not None and marker.exists():
         return True
     try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc = _libc()
         timex = _Timex()
         state = libc.adjtimex(ctypes.byref(timex))
     except (OSError, AttributeError):

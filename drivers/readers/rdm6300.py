@@ -24,7 +24,7 @@ FRAME_LEN = 14  # STX + 10 data + 2 checksum + ETX
 _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 
 BAUDRATE = 9600
-READ_TIMEOUT_S = 0.05  # bounds how long stop() waits for the reader thread
+READ_TIMEOUT_S = 0.25  # bounds how long stop() waits; a frame's bytes return at once regardless
 BACKOFF_MIN_S = 0.2
 BACKOFF_MAX_S = 5.0
 STOP_JOIN_TIMEOUT_S = 1.0

@@ -28,6 +28,10 @@ from ._credentials import TlsFiles, tls_context
 
 log = logging.getLogger("edge_agent.cloud")
 
+
+def _NO_PUBLISHED_CALLBACK(mid: int) -> None:  # noqa: N802 - a sentinel
+    return None
+
 # The largest packet the broker may send us (MQTT 5 Maximum Packet Size): a 16 MB inline list
 # plus room. The broker drops anything larger instead of filling the gateway's memory.
 MAX_INBOUND_PACKET_BYTES = 20 * 1024 * 1024
@@ -68,7 +72,7 @@ class MqttLink:
                  on_connected: Callable[[bool], None] = lambda session_present: None,
                  on_disconnected: Callable[[str], None] = lambda reason: None,
                  on_message: Callable[[Inbound], None] = lambda message: None,
-                 on_published: Callable[[int], None] = lambda mid: None) -> None:
+                 on_published: Callable[[int], None] = _NO_PUBLISHED_CALLBACK) -> None:
         self._host, self._port, self._keepalive = host, port, keepalive_s
         self._subscriptions = subscriptions
         self._session_expiry_s = session_expiry_s
@@ -97,7 +101,8 @@ class MqttLink:
         client.on_connect = self._paho_connect
         client.on_disconnect = self._paho_disconnect
         client.on_message = self._paho_message
-        client.on_publish = self._paho_publish
+        if on_published is not _NO_PUBLISHED_CALLBACK:  # else every PUBACK would wake the event loop
+            client.on_publish = self._paho_publish
         self._client = client
 
     # -- lifetime ---------------------------------------------------------------------
