@@ -247,13 +247,23 @@ class EvseSessionMachine:
         usable: int | None = corrected
         if last is not None and corrected < last:
             if session.suspect_raw_wh is not None and raw >= session.suspect_raw_wh:
-                # Two readings in a row below the last one and rising again: the counter restarted.
-                session.energy_offset_wh = last
+                # Two readings in a row below the last one and rising again: a different count.
                 session.suspect_raw_wh = None
-                usable = raw + last
-                actions.append(EnergyCounterRebased(
-                    last, f"counter restarted (read {raw} Wh, below the session's {last} Wh); "
-                          f"counting on from {last} Wh"))
+                hours = (max(now - session.last_energy_mono, 0.0) / 3600
+                         if session.last_energy_mono is not None else 0.0)
+                if raw <= self.max_plausible_w * hours + 50:
+                    # Small enough to have been counted since a restart at zero: bill it.
+                    session.energy_offset_wh = last
+                    usable = raw + last
+                    detail = f"counter restarted (read {raw} Wh, below the session's {last} Wh)"
+                else:
+                    # Too much for a fresh count (a swapped meter, another device): go on from
+                    # where the session was and bill nothing for the gap.
+                    session.energy_offset_wh = last - raw
+                    usable = last
+                    detail = f"counter changed to {raw} Wh, below the session's {last} Wh; gap not billed"
+                actions.append(EnergyCounterRebased(session.energy_offset_wh,
+                                                    f"{detail}; counting on from {last} Wh"))
             else:
                 session.suspect_raw_wh = raw
                 usable = None

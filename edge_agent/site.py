@@ -40,7 +40,7 @@ from .cloud import (
     lists_verify,
     parse_json_object,
 )
-from .cloud._payloads import check_request_id
+from .cloud._payloads import check_request_id, check_text
 from .cloud._rejections import RejectionLog
 from .config import ConfigError, ConfigIssue, SiteConfig
 from .loadmanagement import LoadManagementLoop, site_plan
@@ -91,6 +91,8 @@ class Site:
         self.boot_id = str(uuid.uuid4())
         self.started_at = rfc3339(utc_now())
         self.rejected_messages = self.store.counter("rejected_messages")
+        self._rejected_saved = self.rejected_messages
+        self._rejected_saved_at = time.monotonic()
         self.storage_error: str | None = None
         self._site_wide: tuple[Decision, float] | None = None  # a site-wide reader's card, no EVSE yet
         self._running_costs: dict[str, list[Any]] = {}  # per session: its RunningCost and what it saw
@@ -224,6 +226,8 @@ class Site:
                     evse.charger.energy_counter.flush()
             await self.buses.aclose()
             await self.user_lists.aclose()
+            with contextlib.suppress(sqlite3.OperationalError):
+                self._save_rejected_count()
             self.store.close()
 
     def _resume_sessions(self) -> None:
@@ -240,7 +244,10 @@ class Site:
                 meter_start_wh=record.meter_start_wh, started_mono=time.monotonic(),
                 last_sample_mono=time.monotonic(), recovering=True,
                 energy_offset_wh=record.energy_offset_wh,
-                last_energy_wh=last["energy_wh"] if last else record.meter_start_wh)
+                last_energy_wh=last["energy_wh"] if last else record.meter_start_wh,
+                # When that reading was taken, on this boot's monotonic clock (for plausibility).
+                last_energy_mono=time.monotonic() - max(0.0, (utc_now() - parse_rfc3339(
+                    last["ts"] if last else record.started_at)).total_seconds()))
             if self.load is not None:
                 self.load.session_started(record.evse_id)
             log.info("session %s on EVSE %s was running when the agent stopped; "
@@ -610,6 +617,10 @@ class Site:
             now = time.monotonic()
             if (step := self.clock.jump()) is not None:
                 self._on_clock_step(step)
+            if now - self._rejected_saved_at >= 60:
+                self._rejected_saved_at = now
+                with contextlib.suppress(sqlite3.OperationalError):
+                    self._save_rejected_count()
             if self._site_wide is not None and now >= self._site_wide[1]:
                 log.info("site-wide reader: no vehicle plugged in for %s; authorization dropped",
                          self._site_wide[0].summary)
@@ -734,11 +745,17 @@ class Site:
                 future.cancel()
 
     def _reject_message(self, topic: str, error: Exception) -> None:
-        self.rejected_messages = self.store.counter("rejected_messages") + 1
-        self.store.db.execute(
-            "INSERT INTO counters(name, value) VALUES ('rejected_messages', ?) "
-            "ON CONFLICT(name) DO UPDATE SET value = excluded.value", [self.rejected_messages])
+        # Counted in memory and saved at most once a minute: a flood of bad messages must not
+        # become a flood of SD-card writes.
+        self.rejected_messages += 1
         self.rejections.note(topic, error)
+
+    def _save_rejected_count(self) -> None:
+        if self.rejected_messages != self._rejected_saved:
+            self.store.db.execute(
+                "INSERT INTO counters(name, value) VALUES ('rejected_messages', ?) "
+                "ON CONFLICT(name) DO UPDATE SET value = excluded.value", [self.rejected_messages])
+            self._rejected_saved = self.rejected_messages
 
     def _on_message(self, message: Inbound) -> None:
         topic = message.topic
@@ -785,7 +802,7 @@ class Site:
             obj = parse_json_object(message.payload)
         except PayloadError as exc:
             self._reject_message(message.topic, exc)
-            self._answer(None, "error", str(exc))
+            self._answer(_salvaged_request_id(message.payload), "error", str(exc))
             return
         try:
             request_id = check_request_id(obj)
@@ -926,6 +943,19 @@ class Site:
                 "lists": {"users_version": self.store.list_version("users"), "users": self.store.user_count(),
                           "tariffs_version": self.store.list_version("tariffs")},
                 "rejected_messages": self.rejected_messages, "evses": evses, "readers": readers}
+
+
+def _salvaged_request_id(payload: bytes) -> str | None:
+    """The request_id of a command that is not valid JSON only because of NaN/Infinity, so the
+    cloud can tell which command its error answer is for."""
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+        if not isinstance(obj, dict):
+            return None
+        check_text(obj, "")  # a payload holding broken text cannot be trusted at all
+        return check_request_id(obj)
+    except (ValueError, UnicodeError, PayloadError, RecursionError):
+        return None
 
 
 def _create_site_meter(meter: Any, registry: BusRegistry) -> Any:

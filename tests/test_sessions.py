@@ -197,3 +197,15 @@ def test_a_rebooted_charger_is_told_again_what_to_offer():
                            now=0, at=AT) == [Offer(0.0, reassert=True)]
     assert idle.on_reading(ChargerReading("B", Measurement(1, 0, None), offered_current_a=0.0),
                            now=10, at=AT) == []
+
+
+def test_a_counter_that_comes_back_far_lower_but_large_is_a_different_counter_not_a_restart():
+    from edge_agent.sessions import EnergyCounterRebased
+
+    m = charging_machine(1_000_000)
+    assert energy_seen(m.on_reading(reading("C", 1_005_898), now=3600, at=AT)) == [1_005_898]
+    m.on_reading(reading("C", 1_000_091), now=3602, at=AT)  # another device answers (a swapped charger)
+    actions = m.on_reading(reading("C", 1_000_095), now=3604, at=AT)
+    assert energy_seen(actions) == [1_005_898], "the gap is not billed, nothing jumps"
+    assert any(isinstance(a, EnergyCounterRebased) for a in actions)
+    assert energy_seen(m.on_reading(reading("C", 1_000_115), now=3606, at=AT)) == [1_005_918]
