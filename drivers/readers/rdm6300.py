@@ -7,13 +7,13 @@ is held, so repeats of one token are folded into one tap.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from typing import Callable
 
 import serial
 
 from drivers.api import Tap
+from drivers.readers._base import ThreadedReader
 from edge_agent.tokens import normalize_uid
 
 log = logging.getLogger(__name__)
@@ -25,9 +25,6 @@ _HEX_DIGITS = frozenset(b"0123456789ABCDEFabcdef")
 
 BAUDRATE = 9600
 READ_TIMEOUT_S = 0.25  # bounds how long stop() waits; a frame's bytes return at once regardless
-BACKOFF_MIN_S = 0.2
-BACKOFF_MAX_S = 5.0
-STOP_JOIN_TIMEOUT_S = 1.0
 
 
 def _frame_token(frame: bytes) -> str | None:
@@ -83,11 +80,13 @@ def decode_frames(buffer: bytes) -> tuple[list[str], bytes, int]:
     return tokens, b"", bad
 
 
-class Rdm6300Reader:
+class Rdm6300Reader(ThreadedReader):
     """Reads taps from one RDM6300 on a daemon thread; survives the port disappearing.
 
     on_tap is called from the reader thread; bridge to asyncio with loop.call_soon_threadsafe.
     """
+
+    kind = "rdm6300"
 
     def __init__(
         self,
@@ -98,96 +97,26 @@ class Rdm6300Reader:
         debounce_s: float = 2.0,
         name: str | None = None,
     ) -> None:
+        super().__init__(name=name or port, evse_id=evse_id, on_tap=on_tap, debounce_s=debounce_s)
         self.port = port
-        self.evse_id = evse_id
-        self.name = name or port
-        self.debounce_s = debounce_s
-        self._on_tap = on_tap
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._healthy = False
-        self._last_error: str | None = None
-        self._last_frame_at: dict[str, float] = {}  # token -> monotonic of its latest frame
         self.frames_ok = 0
         self.frames_bad = 0
 
-    @property
-    def healthy(self) -> bool:
-        """True while the port is open and reading without errors."""
-        return self._healthy
+    def _open(self) -> serial.Serial:
+        return serial.Serial(self.port, BAUDRATE, timeout=READ_TIMEOUT_S)
 
-    @property
-    def last_error(self) -> str | None:
-        """The most recent reason the port was unavailable (kept after it comes back)."""
-        return self._last_error
+    def _close(self, handle: serial.Serial) -> None:
+        handle.close()
 
-    def start(self) -> None:
-        if self._thread is not None and self._thread.is_alive():
-            raise RuntimeError(f"reader {self.name} already started")
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name=f"rdm6300 {self.name}", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(STOP_JOIN_TIMEOUT_S)
-            if self._thread.is_alive():
-                log.warning("reader %s thread did not stop within %.1f s", self.name, STOP_JOIN_TIMEOUT_S)
-            self._thread = None
-
-    def __enter__(self) -> Rdm6300Reader:
-        self.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def _run(self) -> None:
-        backoff = BACKOFF_MIN_S
-        unavailable_reported = False
-        while not self._stop.is_set():
-            try:
-                port = serial.Serial(self.port, BAUDRATE, timeout=READ_TIMEOUT_S)
-            except (serial.SerialException, OSError, ValueError) as exc:
-                unavailable_reported = self._unavailable(exc, unavailable_reported)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, BACKOFF_MAX_S)
-                continue
-            self._healthy = True
-            opened_at = time.monotonic()
-            if unavailable_reported:
-                log.info("reader %s back", self.name)
-                unavailable_reported = False
-            try:
-                self._read_until_error_or_stop(port)
-            except (serial.SerialException, OSError) as exc:
-                unavailable_reported = self._unavailable(exc, unavailable_reported)
-            finally:
-                port.close()
-            # A port that fails right after opening keeps the backoff growing instead of spinning.
-            if time.monotonic() - opened_at >= BACKOFF_MAX_S:
-                backoff = BACKOFF_MIN_S
-            self._stop.wait(backoff)
-            backoff = min(backoff * 2, BACKOFF_MAX_S)
-        self._healthy = False
-
-    def _unavailable(self, exc: BaseException, already_reported: bool) -> bool:
-        self._healthy = False
-        self._last_error = str(exc)
-        if not already_reported:
-            log.warning("reader %s unavailable: %s", self.name, exc)
-        return True
-
-    def _read_until_error_or_stop(self, port: serial.Serial) -> None:
+    def _read(self, handle: serial.Serial) -> None:
         pending = b""
         while not self._stop.is_set():
             # read(1) returns as soon as the first byte arrives; in_waiting picks up the rest.
-            chunk = port.read(1)
+            chunk = handle.read(1)
             if not chunk:
                 continue
-            if port.in_waiting:
-                chunk += port.read(port.in_waiting)
+            if handle.in_waiting:
+                chunk += handle.read(handle.in_waiting)
             read_at = time.monotonic()
             tokens, pending, bad = decode_frames(pending + chunk)
             if bad:
@@ -195,20 +124,4 @@ class Rdm6300Reader:
                 log.debug("reader %s dropped %d bad frame(s)", self.name, bad)
             for token in tokens:
                 self.frames_ok += 1
-                self._frame(token, read_at)
-
-    def _frame(self, token: str, at: float) -> None:
-        previous = self._last_frame_at.get(token)
-        self._last_frame_at[token] = at
-        if previous is not None and at - previous < self.debounce_s:
-            return
-        self._forget_old_tokens(at)
-        try:
-            self._on_tap(Tap(token=token, reader=self.name, evse_id=self.evse_id, monotonic=at))
-        except Exception:
-            log.exception("reader %s: on_tap failed for token %s", self.name, token)
-
-    def _forget_old_tokens(self, now: float) -> None:
-        expired = [t for t, at in self._last_frame_at.items() if now - at >= self.debounce_s]
-        for t in expired:
-            del self._last_frame_at[t]
+                self._sighting(token, read_at)
