@@ -12,6 +12,7 @@ from pathlib import Path
 from . import __version__
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE, EXIT_CONFIG = 0, 1, 2, 3
+EXIT_BUSY = 4  # run: another agent holds the data directory (the technician's commands' "busy" too)
 
 # Modules that add their own sub-commands: each has add_commands(subparsers).
 COMMAND_MODULES: list[str] = ["edge_agent.technician_cli", "edge_agent.reports", "edge_agent.technician"]
@@ -32,33 +33,61 @@ def _load_config(path: str):  # noqa: ANN202
 
 def cmd_run(args: argparse.Namespace) -> int:
     config = _load_config(args.config)
-    from .logging_setup import configure_logging
+    from .instance_lock import DataDirBusy, lock_data_dir
 
-    configure_logging(args.log_level or config.log_level)  # journald levels under systemd
-    # pymodbus logs every failed connect of a dead charger; the drivers log the transition once.
-    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    from .site import Site
-
-    from .config import ConfigError
-
+    # Before the store, a bus, a reader or the broker: a second agent must not touch any of them.
     try:
-        site = Site(config)
-    except ConfigError as exc:  # e.g. a TLS key that others may read
-        print(f"{args.config}: cannot start:\n{exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    asyncio.run(site.run())
+        lock = lock_data_dir(config.data_dir)
+    except DataDirBusy as exc:
+        print(f"{args.config}: cannot start: {exc}", file=sys.stderr)
+        return EXIT_BUSY
+    except OSError as exc:
+        print(f"{args.config}: cannot start: cannot lock the data directory {config.data_dir}: "
+              f"{exc.strerror or exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    with lock:
+        from .logging_setup import configure_logging
+
+        configure_logging(args.log_level or config.log_level)  # journald levels under systemd
+        # pymodbus logs every failed connect of a dead charger; the drivers log the transition once.
+        logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+        from .config import ConfigError
+        from .site import Site
+        from .startup_checks import check_startup
+
+        try:
+            check_startup(config)  # the same checks as `config check`
+            site = Site(config)
+        except ConfigError as exc:  # e.g. a TLS key that others may read
+            print(f"{args.config}: cannot start:\n{exc}", file=sys.stderr)
+            return EXIT_CONFIG
+        asyncio.run(site.run())
     return EXIT_OK
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load_config(args.file)
+    from .startup_checks import startup_issues
+
+    issues = startup_issues(config)  # what `run` would refuse beyond the file's own rules
+    if issues:
+        if args.json:
+            print(json.dumps({"ok": False, "errors": [{"path": i.path, "line": i.line, "message": i.message}
+                                                      for i in issues]}))
+        print(f"{args.file}: invalid configuration:\n" + "\n".join(str(i) for i in issues), file=sys.stderr)
+        return EXIT_CONFIG
+    from .technician import failsafe_config_warnings
+
+    warnings = failsafe_config_warnings(config)  # valid, but worth knowing before it costs money
     if args.json:
         print(json.dumps({"ok": True, "gateway_id": config.gateway_id,
                           "chargers": [c.evse_id for c in config.chargers],
-                          "readers": len(config.readers)}))
+                          "readers": len(config.readers), **({"warnings": warnings} if warnings else {})}))
     else:
         print(f"{args.file}: OK (gateway {config.gateway_id}, {len(config.chargers)} charger(s), "
               f"{len(config.readers)} reader(s))")
+        for warning in warnings:
+            print(f"  warning: {warning}")
     return EXIT_OK
 
 
@@ -66,20 +95,32 @@ def cmd_price(args: argparse.Namespace) -> int:
     from .pricing import TariffError, price_cdr
 
     try:
-        tariff = json.loads(Path(args.tariff).read_text(encoding="utf-8"))
-        cdr = json.loads(Path(args.cdr).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        tariff = _read_json(args.tariff)
+        cdr = _read_json(args.cdr)
+    except ValueError as exc:
         print(f"cannot read input: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        cost = price_cdr(tariff, cdr, tz=args.tz)
+        result = price_cdr(tariff, cdr, tz=args.tz).to_json()
     except (TariffError, ValueError, KeyError) as exc:
         print(f"cannot price: {exc}", file=sys.stderr)
         return EXIT_FAILURE
-    result = cost.to_json()
+    except Exception as exc:  # noqa: BLE001 - a clear error for any input, never a traceback
+        print(f"cannot price: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
     print(json.dumps({"currency": result["currency"], "excl_vat": result["excl_vat"],
                       "incl_vat": result["incl_vat"]}))
     return EXIT_OK
+
+
+def _read_json(path: str) -> object:
+    """A JSON file's content; ValueError naming the file for anything unreadable."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ValueError(f"{path}: {exc.strerror or exc}") from None
+    except (ValueError, RecursionError) as exc:  # not UTF-8, not JSON, nested too deep
+        raise ValueError(f"{path}: not valid UTF-8 JSON ({exc})") from None
 
 
 def _open_store(args: argparse.Namespace):  # noqa: ANN202

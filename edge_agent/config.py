@@ -290,6 +290,11 @@ class ChargerConfig(ModbusEndpoint):
         "number", "current the charger falls back to if the gateway dies; default: load management's",
         default=None, min=0, max=80, check=_failsafe_current_problem,
     )
+    failsafe_timeout_s: float | None = _setting(
+        "number", "seconds without the gateway before the charger falls back: the setpoint validity set in "
+        "ACE (alfen-ng9xx), else the timeout written to the charger; default: what the charger reports, "
+        "else the model's", default=None, min=2, max=3600,
+    )
     circuit: str | None = _setting(
         "str", "id of a circuits entry; default: on the site connection", default=None
     )

@@ -169,6 +169,7 @@ class Tally:
     name: str | None = None
     sessions: int = 0
     energy_wh: int = 0
+    unbilled_wh: int = 0  # counted by the chargers and not billed (lasting implausible jumps)
     charging_s: int = 0
     parking_s: int = 0
     revenue: dict[str, tuple[Decimal, Decimal]] = field(default_factory=dict)
@@ -176,6 +177,7 @@ class Tally:
     def add(self, session: SessionRecord) -> None:
         self.sessions += 1
         self.energy_wh += session.energy_wh or 0
+        self.unbilled_wh += session.unbilled_wh or 0
         self.charging_s += session.charging_s or 0
         self.parking_s += session.parking_s or 0
         cost = session_cost(session)
@@ -188,8 +190,8 @@ class Tally:
         out: dict[str, Any] = {"key": self.key}
         if self.name is not None:
             out["name"] = self.name
-        out.update(sessions=self.sessions, energy_wh=self.energy_wh, charging_s=self.charging_s,
-                   parking_s=self.parking_s)
+        out.update(sessions=self.sessions, energy_wh=self.energy_wh, unbilled_wh=self.unbilled_wh,
+                   charging_s=self.charging_s, parking_s=self.parking_s)
         out["revenue"] = {}
         for currency in currencies:
             excl, incl = self.revenue.get(currency, (Decimal(0), Decimal(0)))
@@ -203,7 +205,7 @@ def session_cost(session: SessionRecord) -> tuple[str, Decimal, Decimal] | None:
     if not session.cost:
         return None
     cost = json.loads(session.cost, parse_float=Decimal, parse_int=Decimal)
-    if not isinstance(cost, dict) or not cost.get("currency"):
+    if not isinstance(cost, dict) or not cost.get("currency") or cost.get("pricing_error"):
         return None
     return str(cost["currency"]), Decimal(cost.get("excl_vat") or 0), Decimal(cost.get("incl_vat") or 0)
 
@@ -288,14 +290,15 @@ def _report_csv(report: Report, out: TextIO) -> None:
     currencies = report.currencies
     money = [f"{kind}_{c}" for c in currencies for kind in ("excl_vat", "incl_vat", "excl_vat_exact", "incl_vat_exact")]
     writer = csv.writer(out)
-    writer.writerow(["by", "key", "name", "sessions", "energy_kwh", "charging_h", "parking_h", *money])
+    writer.writerow(["by", "key", "name", "sessions", "energy_kwh", "unbilled_kwh", "charging_h", "parking_h",
+                     *money])
     for section, t in _report_rows(report):
         amounts = []
         for c in currencies:
             excl, incl = t.revenue.get(c, (Decimal(0), Decimal(0)))
             amounts += [cents(excl), cents(incl), _plain(excl), _plain(incl)]
-        writer.writerow([section, t.key, t.name or "", t.sessions, _kwh(t.energy_wh), _hours(t.charging_s),
-                         _hours(t.parking_s), *amounts])
+        writer.writerow([section, t.key, t.name or "", t.sessions, _kwh(t.energy_wh), _kwh(t.unbilled_wh),
+                         _hours(t.charging_s), _hours(t.parking_s), *amounts])
 
 
 def _report_table(report: Report, out: TextIO) -> None:
@@ -313,6 +316,9 @@ def _report_table(report: Report, out: TextIO) -> None:
                               (t.revenue.get(c, (Decimal(0), Decimal(0))) for c in currencies))
             print(f"  {label[:28]:28} {t.sessions:>8} {_kwh(t.energy_wh):>11} {_hours(t.charging_s):>10} "
                   f"{_hours(t.parking_s):>9}{amounts}", file=out)
+    if report.total.unbilled_wh:
+        print(f"\n{_kwh(report.total.unbilled_wh)} kWh counted by the chargers were not billed (the counter "
+              "jumped implausibly); `edge-agent sessions` says where and why.", file=out)
     if report.running:
         print(f"\n{report.running} session(s) that started in the period are still running and are not counted.",
               file=out)
@@ -323,9 +329,9 @@ def _report_table(report: Report, out: TextIO) -> None:
 # -- edge-agent sessions ---------------------------------------------------------------------------------
 
 SESSION_FIELDS = ["id", "evse_id", "status", "user_id", "user_name", "group", "token", "auth", "started_at",
-                  "ended_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "charging_s", "parking_s",
-                  "reason", "tariff_id", "tariffs_version", "offline_start"]
-COST_FIELDS = ["currency", "excl_vat", "incl_vat"]
+                  "ended_at", "meter_start_wh", "meter_stop_wh", "energy_wh", "unbilled_wh", "unbilled_reason",
+                  "charging_s", "parking_s", "reason", "tariff_id", "tariffs_version", "offline_start"]
+COST_FIELDS = ["currency", "excl_vat", "incl_vat", "pricing_error"]  # pricing_error: why it is unpriced
 
 
 def session_row(s: SessionRecord) -> dict[str, Any]:
@@ -359,15 +365,19 @@ def cmd_sessions(args: argparse.Namespace) -> int:
         writer.writerows(rows)
     else:
         print(f"{'started (' + where.zone.key + ')':26} {'EVSE':5} {'status':7} {'user':22} {'kWh':>8} "
-              f"{'price':>14}  reason")
+              f"{'unbilled':>8} {'price':>14}  reason")
         for r in rows:
             started = _parse_utc(r["started_at"]).astimezone(where.zone).strftime("%Y-%m-%d %H:%M:%S")
             kwh = _kwh(r["energy_wh"]) if r["energy_wh"] is not None else "-"
-            price = f"{cents(r['incl_vat'])} {r['currency']}" if r["currency"] else (
+            price = "unpriced" if r["pricing_error"] else (
+                f"{cents(r['incl_vat'])} {r['currency']}" if r["currency"] else
                 "free" if r["status"] == "ended" else "-")
             who = (r["user_name"] or r["user_id"] or r["token"] or "-")[:22]
-            print(f"{started:26} {r['evse_id']:5} {r['status']:7} {who:22} {kwh:>8} {price:>14}  "
+            unbilled = _kwh(r["unbilled_wh"]) if r["unbilled_wh"] else ""
+            print(f"{started:26} {r['evse_id']:5} {r['status']:7} {who:22} {kwh:>8} {unbilled:>8} {price:>14}  "
                   f"{r['reason'] or ''}")
+            if r["unbilled_reason"]:
+                print(f"{'':26} not billed: {r['unbilled_reason']}")
     return EXIT_OK
 
 

@@ -17,6 +17,7 @@ from datetime import datetime
 from drivers.api import ChargerReading
 
 from .authorization import Decision
+from .clock import rfc3339, utc_now
 
 PLUGGED = frozenset("BCD")
 DRAWING = frozenset("CD")
@@ -44,6 +45,10 @@ class ActiveSession:
     last_energy_mono: float | None = None
     suspect_raw_wh: int | None = None  # a reading below the last one, waiting for confirmation
     implausible_readings: int = 0
+    implausible_since: datetime | None = None  # when the first reading of a held-back jump was taken
+    # Counted by the charger, not billed (lasting implausible jumps): how much and why.
+    unbilled_wh: int = 0
+    unbilled_reason: str | None = None
     ending: bool = False  # its end is decided and being recorded (again, after a full disk)
 
 
@@ -72,10 +77,15 @@ class Offer:
 
 @dataclass(frozen=True, slots=True)
 class EnergyCounterRebased:
-    """The charger's counter was reset or jumped; the session's offset changed (persist it)."""
+    """The charger's counter was reset or jumped; the session's offset changed (persist it).
+    jump_wh > 0: that many Wh were counted and not billed; unbilled_wh/unbilled_reason are the
+    session's totals after it."""
 
     offset_wh: int
     detail: str
+    jump_wh: int = 0
+    unbilled_wh: int = 0
+    unbilled_reason: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,7 +190,7 @@ class EvseSessionMachine:
         actions: list[Action] = []
         session = self.session
         if session is not None:
-            reading = self._session_energy(session, reading, now, actions)
+            reading = self._session_energy(session, reading, now, at, actions)
         self.reading = reading
         if session is not None and session.recovering:
             session.recovering = False
@@ -212,12 +222,13 @@ class EvseSessionMachine:
             actions += self._reassert_offer(reading, now)
         return actions
 
-    def corrected(self, reading: ChargerReading, *, now: float) -> ChargerReading:
-        """A fresh reading taken outside the poll loop (to end a session), seen as the session sees it."""
+    def corrected(self, reading: ChargerReading, *, now: float, at: datetime | None = None) -> ChargerReading:
+        """A fresh reading taken outside the poll loop (to end a session), seen as the session sees it.
+        A jump it confirms is in the session's unbilled_wh (the end records it)."""
         if self.session is None:
             return reading
         actions: list[Action] = []
-        corrected = self._session_energy(self.session, reading, now, actions)
+        corrected = self._session_energy(self.session, reading, now, at or utc_now(), actions)
         if corrected.measurement.energy_wh is None and self.session.last_energy_wh is not None:
             return replace(corrected, measurement=replace(corrected.measurement,
                                                           energy_wh=self.session.last_energy_wh))
@@ -236,7 +247,7 @@ class EvseSessionMachine:
         self._last_reassert = now
         return [Offer(wanted, reassert=True)]
 
-    def _session_energy(self, session: ActiveSession, reading: ChargerReading, now: float,
+    def _session_energy(self, session: ActiveSession, reading: ChargerReading, now: float, at: datetime,
                         actions: list[Action]) -> ChargerReading:
         """The session's view of the counter: corrected for resets, implausible jumps held back."""
         raw = reading.measurement.energy_wh
@@ -272,14 +283,23 @@ class EvseSessionMachine:
             hours = max(now - session.last_energy_mono, 0.0) / 3600
             if corrected - last > self.max_plausible_w * hours + 50:
                 session.implausible_readings += 1
+                if session.implausible_readings == 1:
+                    session.implausible_since = at
                 if session.implausible_readings < 3:
                     usable = None
-                else:  # a lasting jump (a swapped meter): continue from where the session was
-                    session.energy_offset_wh -= corrected - last
+                else:  # a lasting jump (a swapped meter): continue from where the session was, bill none of it
+                    jump = corrected - last
+                    session.energy_offset_wh -= jump
                     session.implausible_readings = 0
                     usable = last
-                    actions.append(EnergyCounterRebased(session.energy_offset_wh,
-                                                        f"counter jumped by {corrected - last} Wh; not billed"))
+                    reason = (f"counter jumped by {jump} Wh at {rfc3339(session.implausible_since or at)}, "
+                              f"faster than {self.max_plausible_w / 1000:g} kW "
+                              f"(sessions.max_plausible_power_kw); not billed")
+                    session.unbilled_wh += jump
+                    session.unbilled_reason = _joined(session.unbilled_reason, reason)
+                    actions.append(EnergyCounterRebased(
+                        session.energy_offset_wh, f"{reason}; counting on from {last} Wh", jump_wh=jump,
+                        unbilled_wh=session.unbilled_wh, unbilled_reason=session.unbilled_reason))
             else:
                 session.implausible_readings = 0
         if usable is None:
@@ -293,3 +313,15 @@ class EvseSessionMachine:
             self.pending = None
             return [AuthorizationTimedOut(expired)]
         return []
+
+
+MAX_REASON_CHARS = 1000
+
+
+def _joined(reasons: str | None, reason: str) -> str:
+    """The session's reasons so far and one more; a session with very many jumps says so, not each."""
+    if not reasons:
+        return reason
+    if len(reasons) + len(reason) + 2 > MAX_REASON_CHARS:
+        return reasons if reasons.endswith("; and more") else f"{reasons}; and more"
+    return f"{reasons}; {reason}"

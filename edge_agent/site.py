@@ -40,12 +40,20 @@ from .cloud import (
     lists_verify,
     parse_json_object,
 )
-from .cloud._payloads import check_request_id, check_text
+from .cloud._payloads import MAX_PAYLOAD_BYTES, check_request_id, check_text, printable
 from .cloud._rejections import RejectionLog
 from .config import ConfigError, ConfigIssue, SiteConfig
 from .loadmanagement import LoadManagementLoop, site_plan
 from .lists import UserListUpdater, apply_tariff_list
-from .pricing import MeterSample, RunningCost, SessionPrice, TariffError, price_session, tariff_in_list
+from .pricing import (
+    MeterSample,
+    RunningCost,
+    SessionPrice,
+    TariffError,
+    price_session,
+    tariff_in_list,
+    unpriced_session,
+)
 from .runtime_status import publish_runtime_status
 from .sessions import (
     Action,
@@ -81,6 +89,7 @@ class Evse:
     unrecorded_end: EndSession | None = None  # decided, not yet on disk (a full disk): retried
     builtin_reader: ChargerReader | None = None  # the charger's own card reader, polled with it
     charger_error: str | None = None  # the error state last reported in an evse_fault event
+    energy_anomaly: str | None = None  # an evse_fault standing for an un-billed jump, cleared at the session's end
 
 
 class Site:
@@ -129,21 +138,8 @@ class Site:
         # that together they fit the fuse if the gateway dies.
         plan = site_plan(config) if config.site is not None else None
         for charger_cfg in config.chargers:
-            meter = charger_cfg.meter
-            charger = create_charger(
-                model=charger_cfg.model, name=f"evse {charger_cfg.evse_id}", registry=self.buses,
-                transport=charger_cfg.transport, host=charger_cfg.host, port=charger_cfg.port,
-                serial=charger_cfg.serial, baudrate=charger_cfg.baudrate, parity=charger_cfg.parity,
-                stopbits=charger_cfg.stopbits, unit=charger_cfg.unit, connector=charger_cfg.connector,
-                timeout_s=charger_cfg.timeout_s, retries=charger_cfg.retries,
-                meter=None if meter is None else dict(
-                    model=meter.model, transport=meter.transport, host=meter.host, port=meter.port,
-                    serial=meter.serial, baudrate=meter.baudrate, parity=meter.parity,
-                    stopbits=meter.stopbits, unit=meter.unit),
-                # Chargers without a lifetime register: the agent's own counter, kept on disk.
-                energy_counter_path=config.data_dir / "energy" / f"evse-{charger_cfg.evse_id}.json",
-                max_current_a=charger_cfg.max_current_a,
-                failsafe_current_a=plan.failsafe_a[charger_cfg.evse_id] if plan else charger_cfg.failsafe_current_a)
+            charger = create_evse_charger(charger_cfg, registry=self.buses, plan=plan,
+                                          energy_dir=config.data_dir / "energy")
             machine = EvseSessionMachine(
                 evse_id=charger_cfg.evse_id, max_current_a=float(charger.max_current_a),
                 connect_timeout_s=config.authorization.connect_timeout_s,
@@ -181,6 +177,8 @@ class Site:
         if step is not None:
             self._on_clock_step(step)
         self.store.set_meta("clock_offset", json.dumps([boot_id(), self.clock.offset]))
+        if self.load is not None:  # the cloud's set_site_limit, saved until its `until`
+            self.load.keep_site_limit(self.store)
 
     # -- lifetime --------------------------------------------------------------------------
 
@@ -244,10 +242,13 @@ class Site:
                 meter_start_wh=record.meter_start_wh, started_mono=time.monotonic(),
                 last_sample_mono=time.monotonic(), recovering=True,
                 energy_offset_wh=record.energy_offset_wh,
+                unbilled_wh=record.unbilled_wh, unbilled_reason=record.unbilled_reason,
                 last_energy_wh=last["energy_wh"] if last else record.meter_start_wh,
                 # When that reading was taken, on this boot's monotonic clock (for plausibility).
                 last_energy_mono=time.monotonic() - max(0.0, (utc_now() - parse_rfc3339(
                     last["ts"] if last else record.started_at)).total_seconds()))
+            if record.unbilled_wh:  # its evse_fault was raised with the jump and stands until the end
+                evse.energy_anomaly = f"EVSE {evse.evse_id} energy counter: {record.unbilled_reason}"
             if self.load is not None:
                 self.load.session_started(record.evse_id)
             log.info("session %s on EVSE %s was running when the agent stopped; "
@@ -256,13 +257,14 @@ class Site:
     # -- chargers --------------------------------------------------------------------------
 
     async def _poll_loop(self, evse: Evse) -> None:
-        # Some models need a keep-alive more often than the poll (Schneider's life bit: 2 s).
-        interval = min(self.config.sessions.poll_interval_s,
-                       getattr(evse.charger, "keepalive_interval_s", None) or math.inf)
         while True:
             started = time.monotonic()
             async with evse.lock:
                 await self._poll_once(evse)
+            # Some models need a keep-alive more often than the poll (Schneider's life bit: 2 s); the
+            # period may change once the driver learned the device's timeout (Alfen's validity).
+            interval = min(self.config.sessions.poll_interval_s,
+                           getattr(evse.charger, "keepalive_interval_s", None) or math.inf)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _poll_once(self, evse: Evse) -> None:
@@ -288,7 +290,9 @@ class Site:
             return
         if evse.failed_polls >= FAULT_AFTER_FAILED_POLLS:
             log.warning("EVSE %s back after %d failed polls", evse.evse_id, evse.failed_polls)
-            self._record_event("evse_fault", {"evse_id": evse.evse_id, "error": None,
+            # Cleared to what still stands (one evse_fault state per EVSE).
+            self._record_event("evse_fault", {"evse_id": evse.evse_id,
+                                              "error": evse.charger_error or evse.energy_anomaly,
                                               "ts": rfc3339(utc_now())})
         evse.failed_polls = 0
         # A charger reporting an error state faults too: one evse_fault when it starts, one when it clears.
@@ -299,7 +303,8 @@ class Site:
                 log.error("EVSE %s faulted: %s", evse.evse_id, charger_error)
             else:
                 log.warning("EVSE %s: the charger's error state cleared", evse.evse_id)
-            self._record_event("evse_fault", {"evse_id": evse.evse_id, "error": charger_error,
+            self._record_event("evse_fault", {"evse_id": evse.evse_id,
+                                              "error": charger_error or evse.energy_anomaly,
                                               "ts": rfc3339(utc_now())})
             evse.charger_error = charger_error
         if self.load is not None:
@@ -336,9 +341,25 @@ class Site:
                     evse.needs_setup = True
                 await self._offer(evse, action.amps, reassert=action.reassert)
             elif isinstance(action, EnergyCounterRebased):
-                if evse.record is not None:
-                    self.store.set_energy_offset(evse.record.id, action.offset_wh)
                 log.warning("EVSE %s: energy counter: %s", evse.evse_id, action.detail)
+                if evse.record is None:
+                    continue
+                if not action.jump_wh:
+                    self.store.set_energy_offset(evse.record.id, action.offset_wh)
+                    continue
+                # Not billed, and told: the cloud gets an evse_fault now and the amount in session_ended.
+                anomaly, ts = f"EVSE {evse.evse_id} energy counter: {action.detail}", rfc3339(utc_now())
+                try:
+                    self.store.set_unbilled_energy(
+                        evse.record.id, offset_wh=action.offset_wh, unbilled_wh=action.unbilled_wh,
+                        reason=action.unbilled_reason, ts=ts, offline=not self.link.connected,
+                        fault={"evse_id": evse.evse_id, "error": anomaly, "ts": ts})
+                except sqlite3.OperationalError as exc:  # the session's end still records it (in memory)
+                    if not self._storage_failed(exc, f"recording an un-billed jump on EVSE {evse.evse_id}"):
+                        raise
+                    continue
+                evse.energy_anomaly = anomaly
+                self.outbox.wake()
             elif isinstance(action, RecordSample):
                 try:
                     self._record_sample(evse, action.reading, action.charging, action.at)
@@ -466,35 +487,54 @@ class Site:
         ended = {"ended_at": ended_at, "meter_stop_wh": stop_wh,
                  "energy_wh": stop_wh - record.meter_start_wh, "charging_s": priced.charging_s,
                  "parking_s": priced.parking_s, "reason": action.reason, "cost": json.dumps(cost)}
+        # The machine's view is fresher than the record's (a jump since the start, or in the stop reading).
+        session = evse.machine.session if evse.machine.session is not None else record
+        ended["unbilled_wh"], ended["unbilled_reason"] = session.unbilled_wh, session.unbilled_reason
+        # The un-billed jump's fault clears with the session; a fault of the charger's own still stands.
+        cleared = [("evse_fault", {"evse_id": evse.evse_id, "error": evse.machine.fault or evse.charger_error,
+                                   "ts": ended_at})] if evse.energy_anomaly else []
         data = {**record.started_event_data(), **ended, "cost": cost, "charging_periods": priced.periods_json,
                 "clock_synced": record.clock_synced and self.clock.synced()}
         self.store.end_session(record.id, ended=ended, event_data=data, ts=ended_at,
-                               offline=not self.link.connected)
+                               offline=not self.link.connected, then=cleared)
         evse.unrecorded_end = None
+        evse.energy_anomaly = None
         self._storage_recovered()
         self.outbox.wake()
         evse.machine.session_ended()
         if self.load is not None:
             self.load.session_ended(evse.evse_id)
         evse.record = None
-        log.info("EVSE %s: session %s ended (%s): %d Wh, %s %s", evse.evse_id, record.id, action.reason,
-                 ended["energy_wh"], cost["incl_vat"], cost["currency"] or "(free)")
+        log.info("EVSE %s: session %s ended (%s): %d Wh, %s", evse.evse_id, record.id, action.reason,
+                 ended["energy_wh"], "unpriced" if priced.pricing_error else
+                 f"{cost['incl_vat']} {cost['currency'] or '(free)'}")
 
     def _price(self, record: SessionRecord, samples: list[MeterSample]) -> SessionPrice:
         """Prices with the tariff list version in force when the session started (the store keeps
-        it while the session runs), whatever list arrived since."""
-        tariff_obj = None
-        if record.tariff_id is not None and record.tariffs_version is not None:
-            tariff_obj = tariff_in_list(self.store.tariff_list(record.tariffs_version), record.tariff_id)
-            if tariff_obj is None:
-                log.error("session %s: tariff %s of list version %s is gone; billed as free",
-                          record.id, record.tariff_id, record.tariffs_version)
+        it while the session runs), whatever list arrived since. Never raises: ending a session
+        never depends on pricing it. A session its tariff cannot price (gone, unreadable, amounts
+        out of range) ends unpriced: cost amounts null and pricing_error saying why."""
+        tariff_obj: Any = None
         try:
-            return price_session(tariff_obj, record.tariff_id, samples, tz=self.config.timezone)
-        except (TariffError, ValueError) as exc:
-            log.error("session %s: cannot price with tariff %s of list version %s (%s); billed as free",
-                      record.id, record.tariff_id, record.tariffs_version, exc)
-            return price_session(None, None, samples, tz=self.config.timezone)
+            if record.tariff_id is not None and record.tariffs_version is not None:
+                tariff_obj = tariff_in_list(self.store.tariff_list(record.tariffs_version), record.tariff_id)
+                if tariff_obj is None:
+                    raise LookupError("it is not on the gateway")
+            priced = price_session(tariff_obj, record.tariff_id, samples, tz=self.config.timezone)
+            priced.cost_json  # noqa: B018 - amounts the JSON cannot carry fail here, not in the caller
+            return priced
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the session still ends
+            why = str(exc) if isinstance(exc, TariffError | LookupError) else f"{type(exc).__name__}: {exc}"
+            error = f"tariff {record.tariff_id} of list version {record.tariffs_version} cannot price it: {why}"
+        log.error("session %s: %s; it ends unpriced", record.id, error)
+        currency = tariff_obj.get("currency") if isinstance(tariff_obj, dict) else None
+        currency = currency if isinstance(currency, str) and len(currency) == 3 and currency.isascii() else None
+        try:
+            return unpriced_session(samples, record.tariff_id, tz=self.config.timezone, error=error,
+                                    currency=currency)
+        except Exception:  # noqa: BLE001
+            log.exception("session %s: no charging periods either", record.id)
+            return SessionPrice(record.tariff_id, None, (), 0, 0, pricing_error=error, currency=currency)
 
     def _record_event(self, type_: str, data: dict[str, Any]) -> None:
         try:
@@ -674,12 +714,14 @@ class Site:
         else:
             entry = running.get(evse.evse_id)
             if entry is None or entry[0] != record.id:
-                tariff_obj = (tariff_in_list(self.store.tariff_list(record.tariffs_version), record.tariff_id)
-                              if record.tariffs_version is not None else None)
                 entry = running[evse.evse_id] = [record.id, None, None]
                 try:
+                    tariff_obj = (tariff_in_list(self.store.tariff_list(record.tariffs_version), record.tariff_id)
+                                  if record.tariffs_version is not None else None)
+                    if tariff_obj is None and record.tariff_id is not None:
+                        raise LookupError(f"tariff {record.tariff_id} is not on the gateway")  # not free: unknown
                     entry[1] = RunningCost(tariff_obj, record.tariff_id, tz=self.config.timezone)
-                except (TariffError, ValueError) as exc:
+                except Exception as exc:  # noqa: BLE001 - the session ends unpriced; cost_so_far is null
                     log.error("session %s: no running cost (%s)", record.id, exc)
             meter: RunningCost | None = entry[1]
             try:
@@ -788,13 +830,36 @@ class Site:
     # -- commands --------------------------------------------------------------------------
 
     def _answer(self, request_id: str | None, status: str, detail: str) -> None:
+        detail = printable(detail)
         body = json.dumps({"request_id": request_id, "status": status, "detail": detail})
         if request_id is not None:
-            self.store.save_command_result(request_id, body, answered_at=rfc3339(utc_now()))
+            try:
+                self.store.save_command_result(request_id, body, answered_at=rfc3339(utc_now()))
+            except Exception as exc:  # noqa: BLE001 - a disk that refuses the write must not eat the answer
+                log.error("command %s: answer not stored (%s); a repeat of it would be carried out again",
+                          request_id, exc)
         self.link.publish(self.topics.result, body)
         log.info("command %s: %s (%s)", request_id, status, detail)
 
+    async def _answered_before(self, request_id: str) -> bool:
+        """Answers a request_id seen before again the same way (True), also when the first copy
+        is still being carried out (a QoS 1 re-delivery): never carried out twice."""
+        running = self._commands_running.get(request_id)
+        if running is not None:
+            await asyncio.shield(running)
+        try:
+            previous = self.store.command_result(request_id)
+        except Exception as exc:  # noqa: BLE001 - unknown whether it ran before: do not run it
+            self._answer(request_id, "error", f"the gateway cannot read its stored answers: {exc}")
+            return True
+        if previous is None:
+            return False
+        self.link.publish(self.topics.result, previous.body)
+        return True
+
     async def _on_command(self, name: str, message: Inbound) -> None:
+        """Every command gets exactly one answer on ~/result (a retained one none). One rejected
+        whole keeps its request_id in the answer when that field itself is usable."""
         if message.retain:
             log.warning("retained command on %s ignored: commands are events, not state", message.topic)
             return
@@ -802,7 +867,9 @@ class Site:
             obj = parse_json_object(message.payload)
         except PayloadError as exc:
             self._reject_message(message.topic, exc)
-            self._answer(_salvaged_request_id(message.payload), "error", str(exc))
+            salvaged = _salvaged_request_id(message.payload)
+            if salvaged is None or not await self._answered_before(salvaged):
+                self._answer(salvaged, "error", str(exc))
             return
         try:
             request_id = check_request_id(obj)
@@ -810,14 +877,7 @@ class Site:
             self._reject_message(message.topic, exc)
             self._answer(None, "error", str(exc))
             return
-        running = self._commands_running.get(request_id)
-        if running is not None:
-            # The same request again while the first is being carried out (a QoS 1 re-delivery):
-            # wait for its answer and repeat it; never carry it out twice.
-            await asyncio.shield(running)
-        previous = self.store.command_result(request_id)
-        if previous is not None:
-            self.link.publish(self.topics.result, previous.body)
+        if await self._answered_before(request_id):
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._commands_running[request_id] = done
@@ -826,16 +886,16 @@ class Site:
                 command = check_command(name, obj)
             except PayloadError as exc:
                 self._reject_message(message.topic, exc)
-                self._answer(request_id, "error", str(exc))
-                return
-            if command.expires_at is not None and command.expires_at <= utc_now():
-                self._answer(request_id, "expired", f"expired at {rfc3339(command.expires_at)}")
-                return
-            try:
-                status, detail = await self._carry_out(command.name, command.fields)
-            except Exception as exc:  # noqa: BLE001 - every command gets exactly one answer
-                log.exception("command %s (%s) failed", request_id, name)
-                status, detail = "error", f"the gateway failed to carry it out: {type(exc).__name__}: {exc}"
+                status, detail = "error", str(exc)
+            else:
+                if command.expires_at is not None and command.expires_at <= utc_now():
+                    status, detail = "expired", f"expired at {rfc3339(command.expires_at)}"
+                else:
+                    status, detail = await self._carry_out(command.name, command.fields)
+        except Exception as exc:  # noqa: BLE001 - every command gets exactly one answer
+            log.exception("command %s (%s) failed", request_id, name)
+            status, detail = "error", f"the gateway failed to carry it out: {type(exc).__name__}: {exc}"
+        try:
             self._answer(request_id, status, detail)
         finally:
             del self._commands_running[request_id]
@@ -893,7 +953,11 @@ class Site:
                 limit = self.load.set_site_limit(fields["max_current_a"], until=fields["until"])
             except ValueError as exc:
                 return "rejected", str(exc)
-            return "accepted", f"site limit {limit}"
+            if limit.source != "cloud":
+                return "accepted", f"the configured site limit of {limit.max_current_a:g} A applies"
+            until = self.load.state()["limit_until"]
+            return "accepted", (f"site limit {limit.max_current_a:g} A per phase "
+                                f"{f'until {until}' if until else 'until changed'}, kept across restarts")
         return "error", f"unknown command {name!r}"
 
     # -- the technician's live view -----------------------------------------------------------
@@ -929,6 +993,7 @@ class Site:
                 "currents_a": list(measurement.currents_a) if measurement and measurement.currents_a else None,
                 "power_w": measurement.power_w if measurement else None,
                 "register_wh": measurement.energy_wh if measurement else None,
+                "failsafe_warning": getattr(evse.charger, "failsafe_warning", None),
                 "pending": pending, "session": session})
         readers = [{"name": r.name, "port": getattr(r, "port", None), "evse_id": r.evse_id,
                     "healthy": r.healthy, "last_error": r.last_error,
@@ -946,16 +1011,41 @@ class Site:
 
 
 def _salvaged_request_id(payload: bytes) -> str | None:
-    """The request_id of a command that is not valid JSON only because of NaN/Infinity, so the
-    cloud can tell which command its error answer is for."""
+    """The request_id of a command rejected whole (JSON but for NaN/Infinity, or a lone surrogate
+    in another field) when that field itself is usable, so the cloud can tell which command its
+    error answer is for."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
     try:
         obj = json.loads(payload.decode("utf-8"))
         if not isinstance(obj, dict):
             return None
-        check_text(obj, "")  # a payload holding broken text cannot be trusted at all
-        return check_request_id(obj)
+        request_id = check_request_id(obj)
+        check_text(request_id, "request_id")
+        return request_id
     except (ValueError, UnicodeError, PayloadError, RecursionError):
         return None
+
+
+def create_evse_charger(charger_cfg: Any, *, registry: BusRegistry, plan: Any, energy_dir: Any) -> Any:
+    """The driver of one `chargers:` entry (nothing opened yet), as run makes it and config check
+    tries it. Raises MapError or ValueError for options the model cannot take."""
+    meter = charger_cfg.meter
+    return create_charger(
+        model=charger_cfg.model, name=f"evse {charger_cfg.evse_id}", registry=registry,
+        transport=charger_cfg.transport, host=charger_cfg.host, port=charger_cfg.port,
+        serial=charger_cfg.serial, baudrate=charger_cfg.baudrate, parity=charger_cfg.parity,
+        stopbits=charger_cfg.stopbits, unit=charger_cfg.unit, connector=charger_cfg.connector,
+        timeout_s=charger_cfg.timeout_s, retries=charger_cfg.retries,
+        meter=None if meter is None else dict(
+            model=meter.model, transport=meter.transport, host=meter.host, port=meter.port,
+            serial=meter.serial, baudrate=meter.baudrate, parity=meter.parity,
+            stopbits=meter.stopbits, unit=meter.unit),
+        # Chargers without a lifetime register: the agent's own counter, kept on disk.
+        energy_counter_path=None if energy_dir is None else energy_dir / f"evse-{charger_cfg.evse_id}.json",
+        max_current_a=charger_cfg.max_current_a,
+        failsafe_current_a=plan.failsafe_a[charger_cfg.evse_id] if plan else charger_cfg.failsafe_current_a,
+        failsafe_timeout_s=charger_cfg.failsafe_timeout_s)
 
 
 def _create_site_meter(meter: Any, registry: BusRegistry) -> Any:

@@ -77,6 +77,8 @@ def render_running(status: dict[str, Any], *, age_s: float) -> str:
         session, pending = evse.get("session"), evse.get("pending")
         if evse.get("fault"):
             lines.append(f"{'':9}FAULT    {evse['fault']}")
+        if evse.get("failsafe_warning"):
+            lines.append(f"{'':9}WARNING  {evse['failsafe_warning']}")
         if session:
             who = session.get("user_name") or session.get("user_id") or session.get("token") or "?"
             lines.append(f"{'':9}session  {who} ({session.get('auth')}) · {_kwh(session.get('energy_wh'))} "

@@ -285,8 +285,33 @@ def _print_probe(r: dict[str, Any]) -> None:
         print(f"  {'fail-safe configured':22} {configured}" + (f" ({detail})" if detail else ""))
         if failsafe.get("note"):
             print(f"  note: {failsafe['note']}")
+        if failsafe.get("warning"):
+            print(f"  WARNING: {failsafe['warning']}")
     if r.get("built_in_reader"):
         print(f"  {'built-in card reader':22} yes (the agent can take taps from it)")
+
+
+def failsafe_config_warnings(config: Any) -> list[str]:
+    """For `config check`: chargers whose safe current is set on the device (Alfen, in ACE), where a
+    gateway outage lets a plugged car charge unbilled unless the installer set it to 0."""
+    from drivers.modbus import MapError, load_map
+    from drivers.modbus._charger import unbilled_fallback_warning
+
+    warnings = []
+    for i, charger in enumerate(config.chargers):
+        try:
+            failsafe = load_map(charger.model).failsafe
+        except MapError:
+            continue  # config check reports the unknown model itself
+        if failsafe is None or failsafe.set_by != "device":
+            continue
+        timeout = charger.failsafe_timeout_s
+        after = timeout if timeout is not None else \
+            f"its setpoint validity (set in ACE; {failsafe.timeout_s:g} s by default)"
+        text = unbilled_fallback_warning(
+            f"its safe current ({failsafe.current_a:g} A unless changed in ACE; `edge-agent probe` reads it)", after)
+        warnings.append(f"chargers[{i}] (EVSE {charger.evse_id}, {charger.model}): {text}")
+    return warnings
 
 
 # -- scan --

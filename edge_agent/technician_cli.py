@@ -554,14 +554,18 @@ def cmd_db_check(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from .instance_lock import DataDirBusy, data_dir_locked
     from .store import SCHEMA_VERSION, SchemaTooNew, Store
 
     data_dir = _data_dir(args)
     db = _db_path(data_dir)
     before = _schema_version(db) if db.exists() else 0
     try:
-        with Store(data_dir):
+        with data_dir_locked(data_dir), Store(data_dir):
             pass
+    except DataDirBusy as exc:
+        return _fail(f"{exc}; stop it first: systemctl stop edge-agent (it migrates the database when it "
+                     "starts)", EXIT_BUSY)
     except SchemaTooNew as exc:
         return _fail(str(exc), EXIT_DOWNGRADE)
     if args.json:
@@ -599,6 +603,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_import(args: argparse.Namespace) -> int:
     from .backup import ArchiveError, ImportRefused, SchemaTooNewError, import_state, read_manifest
     from .config import parse_config_text
+    from .instance_lock import DataDirBusy, data_dir_locked
     from .runtime_status import read_agent_status
 
     archive = Path(args.archive)
@@ -624,9 +629,12 @@ def cmd_import(args: argparse.Namespace) -> int:
         return _fail(f"an agent is running on {data_dir} (pid {live.content.get('pid')}); "
                      "stop it first: systemctl stop edge-agent", EXIT_BUSY)
     try:
-        result = import_state(archive, data_dir=data_dir, force=args.force,
-                              config_out=Path(args.config_out) if args.config_out else None,
-                              restore_secrets=args.restore_secrets)
+        with data_dir_locked(data_dir):  # an agent starting meanwhile is refused until this is done
+            result = import_state(archive, data_dir=data_dir, force=args.force,
+                                  config_out=Path(args.config_out) if args.config_out else None,
+                                  restore_secrets=args.restore_secrets)
+    except DataDirBusy as exc:
+        return _fail(f"{exc}; stop it first: systemctl stop edge-agent", EXIT_BUSY)
     except SchemaTooNewError as exc:
         return _fail(str(exc), EXIT_DOWNGRADE)
     except (ArchiveError, ImportRefused, OSError) as exc:

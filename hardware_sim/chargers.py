@@ -20,10 +20,12 @@ The fail-safe is simulated from the map: once armed, a charger whose keep-alive 
 back to its fail-safe current (`failsafe_active`):
   * keepalive traffic (Heidelberg, ABB): any request within the timeout register's value;
   * rewrite_setpoint (Bender, Alfen): a setpoint write within the timeout register's value, or
-    within `validity_s` for Alfen, whose validity is set on the station (ACE), not by Modbus;
+    within `validity_s` for Alfen, whose validity is set on the station (ACE), not by Modbus; its
+    1208 reads the remaining validity in whole seconds rounded up (the full one right after a write);
   * write (Schneider's life bit): the keep-alive register written within `life_bit_timeout_s`.
 The fallback current is the fail-safe current register; a register still at its "not
-configured" sentinel (ABB's 0xFF) means the charger stops with an error instead.
+configured" sentinel (ABB's 0xFF) means the charger stops with an error instead. A firmware that
+clamps a written timeout to its own range: `failsafe_timeout_range_s`.
 
 Model quirks the sims also reproduce: write-only registers refuse reads, devices that take only
 FC16 refuse FC6 (Etrel), a control register with a no-value sentinel reads it while not
@@ -265,6 +267,7 @@ class SimCharger(SimModbusUnit):
         serve_station: bool = True,
         max_read: int | None = None,
         session_register_works: bool = True,
+        failsafe_timeout_range_s: tuple[float, float] | None = None,
     ) -> None:
         super().__init__(load_map(model).for_connector(connector), unit=unit, max_read=max_read, serve_station=serve_station)
         regmap = self.regmap
@@ -281,6 +284,7 @@ class SimCharger(SimModbusUnit):
         self.standby_after_s = standby_after_s
         self.connector_count = connector_count or connector
         self.session_register_works = session_register_works  # False: reads 0 (some Etrel firmware)
+        self.failsafe_timeout_range_s = failsafe_timeout_range_s  # firmware that clamps a written timeout
         self._control = regmap.control
         self._setpoint = regmap.registers[regmap.control.register]
         self._energy_wh = float(energy_wh)
@@ -545,6 +549,10 @@ class SimCharger(SimModbusUnit):
                 self._paused = False
         super()._apply_writes(table, address, values, now)
         written = set(range(address, end))
+        timeout = self.regmap.registers.get("failsafe_timeout")
+        if timeout is not None and timeout.address in written and self.failsafe_timeout_range_s is not None:
+            lo, hi = self.failsafe_timeout_range_s
+            self._put(timeout, min(max(float(decode(timeout, self._words(timeout))), lo), hi))
         for reg in self.regmap.registers.values():
             if reg.readback and reg.table == "holding" and reg.address in written:
                 self._put(self.regmap.registers[reg.readback], decode(reg, self._words(reg)))
@@ -612,8 +620,9 @@ class SimCharger(SimModbusUnit):
             self._put(registers["rfid_uid"], self._card or "")
         watchdog = self._watchdog()
         if "setpoint_validity" in registers:
+            # Whole seconds, rounded up: right after a setpoint write it reads the full validity (Alfen).
             remaining = 0.0 if watchdog is None else max(0.0, watchdog[0] - (time.monotonic() - watchdog[1]))
-            self._put_live(registers["setpoint_validity"], remaining)
+            self._put(registers["setpoint_validity"], math.ceil(remaining))
         if "setpoint_in_use" in registers:
             self._put(registers["setpoint_in_use"], 0 if self._failsafe_active else 1)
         if "error_code" in registers:

@@ -275,9 +275,11 @@ def test_heidelberg_watchdog_and_standby(rig_for: Any) -> None:
     async def scenario() -> None:
         async with BusRegistry() as registry:
             cp = rig.charger(registry, failsafe_current_a=6, failsafe_timeout_s=0.6)
-            await cp.setup()  # standby off (258 = 4), fail-safe 6 A, watchdog 600 ms
-            assert sim.writes_to(258) == [4] and sim.writes_to(262) == [60] and sim.writes_to(257) == [600]
+            await cp.setup()  # standby off (258 = 4), fail-safe 0 A (no session yet), watchdog 600 ms
+            assert sim.writes_to(258) == [4] and sim.writes_to(262) == [0] and sim.writes_to(257) == [600]
             await cp.set_max_current(16)
+            await cp.enable(True)  # a session: the fail-safe current is its share
+            assert sim.writes_to(262) == [0, 60]
             for _ in range(12):  # 1.2 s of polling: the box neither sleeps nor falls back
                 await asyncio.sleep(0.1)
                 await cp.poll()
@@ -311,12 +313,14 @@ def test_abb_fallback_limit_and_traffic_keepalive(rig_for: Any) -> None:
             report = await cp.failsafe_status()
             assert report["configured"] is False and report["current_a"] is None  # factory 0xFF: not configured
             await cp.setup()
-            assert sim.writes_to(0x4109) == [8] and sim.writes_to(0x4106) == [1]
+            assert sim.writes_to(0x4109) == [0] and sim.writes_to(0x4106) == [1]  # no session: 0 A
             report = await cp.failsafe_status()
-            assert report == {"set_by": "gateway", "current_a": 8, "timeout_s": 1, "configured": True}
+            assert report == {"set_by": "gateway", "current_a": 0, "timeout_s": 1, "configured": True}
             sim.plug()
             sim.set_ev_requesting(True)
             await cp.set_max_current(16)
+            await cp.enable(True)
+            assert sim.writes_to(0x4109) == [0, 8]
             for _ in range(8):  # reads keep it healthy; nothing is written for it
                 await asyncio.sleep(0.2)
                 await cp.keepalive()
@@ -324,7 +328,7 @@ def test_abb_fallback_limit_and_traffic_keepalive(rig_for: Any) -> None:
             writes = len(sim.writes)
             await cp.enable(False)  # pauses through the current, never through 0x4105
             assert sim.writes_to(0x4105) == [] and sim.state == "B"
-            assert [r for _, r, _ in sim.writes[writes:]] == [0x4100, 0x4101]
+            assert [r for _, r, _ in sim.writes[writes:]] == [0x4109, 0x4100, 0x4101]  # 0 A fail-safe first
             with pytest.raises(UnsupportedByModel, match="0x4105|16645|app"):
                 await cp.device.write_register(0x4105, 1)
             await cp.enable(True)
@@ -390,10 +394,12 @@ def test_schneider_life_bit_and_word_swapped_floats(rig_for: Any) -> None:
             cp = rig.charger(registry, failsafe_current_a=10)
             assert cp.keepalive_interval_s == 2
             await cp.setup()
-            assert sim.writes_to(4006) == [10] and sim.writes_to(4005) == [10] and sim.writes_to(4000) == [1]
+            assert sim.writes_to(4006) == [0] and sim.writes_to(4005) == [0] and sim.writes_to(4000) == [1]
             sim.plug()
             sim.set_ev_requesting(True)
             await cp.set_max_current(16)
+            await cp.enable(True)
+            assert sim.writes_to(4006) == [0, 10] and sim.writes_to(4005) == [0, 10]
             # 16.0 A word-swapped: the low word (0x0000) first, as the vendor's table says
             assert [sim.register(2999), sim.register(3000)] == [0x0000, 0x4180]
             start = time.monotonic()
@@ -433,6 +439,7 @@ def test_bender_rewrite_and_no_value(rig_for: Any) -> None:
             await cp.setup()
             assert (await cp.failsafe_status())["configured"] is True
             await cp.set_max_current(12)
+            await cp.enable(True)
             for _ in range(5):
                 await asyncio.sleep(0.3)
                 await cp.keepalive()

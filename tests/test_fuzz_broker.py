@@ -1,12 +1,16 @@
 """Hostile input over a real broker to the agent process (SimulatedSite): the same kinds of
-messages as the seam fuzz, fewer of them, end to end. Afterwards the agent still runs, counted
-every rejection in ~/state, answered every command once, kept its lists, and charges a car.
+messages as the seam fuzz, fewer of them, end to end, lone surrogates in every string of every
+inbound topic and unpriceable tariffs among them. A session started before the fuzz keeps
+charging throughout. Afterwards the agent still runs, counted every rejection in ~/state,
+answered every command once, kept its lists, stops that session on a cloud `stop`, and charges
+the next car.
 
 The first test publishes one hypothesis example per message; the second checks the outcome
 (pytest runs them in file order and they share the module's site).
 """
 from __future__ import annotations
 
+import copy
 import json
 import time
 from dataclasses import dataclass, field
@@ -16,6 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_fuzz_seam import (  # the strategies of the seam fuzz (tests/ is on sys.path under pytest)
     COMMANDS,
+    TARIFFS,
+    expected_request_id,
     fresh_request_id,
     garbage,
     invalid_commands,
@@ -24,6 +30,7 @@ from test_fuzz_seam import (  # the strategies of the seam fuzz (tests/ is on sy
     is_object,
     is_text,
     json_values,
+    surrogate_messages,
     valid_full_lists,
 )
 
@@ -38,6 +45,7 @@ TOPICS = ["ack", "config/users", "config/users/delta", "config/tariffs", "auth/r
 class Ledger:
     site: SimulatedSite
     base: int
+    session_id: str
     sent: int = 0
     rejects: int = 0
     commands: list[str | None] = field(default_factory=list)  # request ids expected on ~/result
@@ -50,7 +58,13 @@ def ledger(tmp_path_factory):
         site.publish_lists()
         assert site.cloud.wait_for(lambda: (site.cloud.state or {}).get("users_version") == 1
                                    and site.cloud.state.get("tariffs_version") == 1, 20), site.agent_log_tail()
-        yield Ledger(site, site.cloud.state["rejected_messages"])
+        # A session that must go on charging through all of it.
+        site.tap("1", KARI)
+        time.sleep(0.3)
+        site.plug_and_charge("1")
+        started = site.cloud.wait_event("session_started", timeout=15, evse_id="1")
+        assert site.wait(lambda: site.chargers["1"].state == "C", 10)
+        yield Ledger(site, site.cloud.state["rejected_messages"], session_id=started["data"]["session_id"])
 
 
 @settings(max_examples=MESSAGES, deadline=None,
@@ -59,7 +73,8 @@ def ledger(tmp_path_factory):
 @given(data=st.data())
 def test_publish_hostile_messages(ledger, data):
     cloud = ledger.site.cloud
-    kind = data.draw(st.sampled_from(["garbage", "users", "tariffs", "command", "retained", "stale"]))
+    kind = data.draw(st.sampled_from(["garbage", "users", "tariffs", "command", "retained", "stale", "surrogate",
+                                      "surrogate"]))
     if kind == "garbage":
         topic = data.draw(st.sampled_from(TOPICS))
         payload = data.draw(garbage())
@@ -90,9 +105,37 @@ def test_publish_hostile_messages(ledger, data):
         noise = data.draw(st.dictionaries(st.sampled_from(["note", "x", "π"]), json_values, max_size=2))
         cloud.send_command(name, request_id=request_id, retain=True, **noise, **fields)
         ledger.retained.append(request_id)
+    elif kind == "surrogate":  # the lists in force are version 1 and stay so
+        topic, doc = data.draw(surrogate_messages(1, 1))
+        cloud.publish_raw(topic, json.dumps(doc).encode())
+        ledger.rejects += 1
+        if topic.startswith("cmd/"):
+            ledger.commands.append(expected_request_id(doc))
     else:  # a valid list going backwards: ignored, not rejected
         cloud.publish_raw("config/users", json.dumps(data.draw(valid_full_lists(1))).encode())
     ledger.sent += 1
+
+
+def test_publish_the_messages_of_issue_12(ledger):
+    """Whatever hypothesis drew: the tariff values and surrogate commands the issue names."""
+    cloud = ledger.site.cloud
+    for path, value in [(("elements", 0, "price_components", 0, "vat"), 1e308),
+                        (("elements", 0, "price_components", 0, "price"), 1e308),
+                        (("elements", 0, "price_components", 0, "step_size"), 1e308)]:
+        tariffs = copy.deepcopy(TARIFFS)
+        target = tariffs["tariffs"][0]
+        for key in path[:-1]:
+            target = target[key]
+        target[path[-1]] = value
+        cloud.publish_raw("config/tariffs", json.dumps({"version": 2, **tariffs}).encode())
+        ledger.rejects += 1
+        ledger.sent += 1
+    for field_name in ("request_id", "user_id", "evse_id"):
+        doc = {"request_id": fresh_request_id(), "evse_id": "2", "user_id": "u-1001", field_name: "\ud800"}
+        cloud.publish_raw("cmd/start", json.dumps(doc).encode())
+        ledger.rejects += 1
+        ledger.sent += 1
+        ledger.commands.append(expected_request_id(doc))
 
 
 def test_the_agent_counted_answered_and_kept_everything(ledger):
@@ -109,15 +152,26 @@ def test_the_agent_counted_answered_and_kept_everything(ledger):
     assert len(results) == len(ledger.commands)  # one answer each, none for a retained command
     assert all(r["status"] == "error" for r in results)
     assert sorted(r["request_id"] or "" for r in results) == sorted(c or "" for c in ledger.commands)
+    assert any(c is not None for c in ledger.commands) and None in ledger.commands
     assert not set(ledger.retained) & {r["request_id"] for r in results}
+    for r in results:  # text a strict JSON parser takes: no lone surrogate, even escaped
+        r["detail"].encode("utf-8")
     assert cloud.state["users_version"] == 1 and cloud.state["tariffs_version"] == 1
     assert site.agent is not None and site.agent.poll() is None
     cloud.clear_retained()
-    # And it still does its job.
-    site.tap("1", KARI)
+    # The session started before the fuzz is still charging, and a cloud stop ends it.
+    assert site.chargers["1"].state == "C"
+    assert cloud.evse_status["1"]["session_id"] == ledger.session_id
+    request_id = cloud.send_command("stop", evse_id="1")
+    assert cloud.wait_result(request_id, timeout=15)["status"] == "accepted", site.agent_log_tail()
+    ended = cloud.wait_event("session_ended", timeout=15, session_id=ledger.session_id)["data"]
+    assert ended["reason"] == "remote" and ended["energy_wh"] > 0 and ended["cost"]["incl_vat"] > 0
+    assert "pricing_error" not in ended["cost"]
+    # And it still does its job: the next car on the other charger.
+    site.tap("2", KARI)
     time.sleep(0.3)
-    site.plug_and_charge("1")
-    started = cloud.wait_event("session_started", timeout=15)
+    site.plug_and_charge("2")
+    started = cloud.wait_event("session_started", timeout=15, evse_id="2")
     assert started["data"]["user_id"] == "u-1001" and started["data"]["tariff_id"] == "T-RES"
-    assert site.wait(lambda: site.chargers["1"].state == "C", 10)
+    assert site.wait(lambda: site.chargers["2"].state == "C", 10)
     assert "Traceback" not in site.agent_log.read_text()

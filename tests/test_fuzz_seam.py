@@ -350,12 +350,22 @@ def valid_full_lists(draw: st.DrawFn, version: int) -> dict[str, Any]:
     return with_noise({"version": version, "users": users}, draw)
 
 
+# Amounts no session can be priced with (issue 12): VAT 1e308 %, a price of 1e308, a float step_size.
+UNPRICEABLE = st.sampled_from([1e308, 1.7976931348623157e308, 1e7, 1_000_000.5])
 TARIFF_BREAKERS = [
     (("tariffs", 0, "elements", 0, "price_components", 0, "price"),
-     st.one_of(st.floats(max_value=-1e-9, allow_infinity=False), st.integers(max_value=-1), st.text(max_size=3), st.none())),
+     st.one_of(st.floats(max_value=-1e-9, allow_infinity=False), st.integers(max_value=-1), st.text(max_size=3), st.none(),
+               UNPRICEABLE, st.integers(min_value=1_000_001))),
     (("tariffs", 0, "elements", 0, "price_components", 0, "step_size"),
-     st.one_of(st.integers(max_value=0), st.floats(0.1, 0.9), st.text(max_size=2))),
-    (("tariffs", 0, "elements", 0, "price_components", 0, "vat"), st.one_of(st.floats(max_value=-0.01, allow_infinity=False), st.text(min_size=1, max_size=2))),
+     st.one_of(st.integers(max_value=0), st.floats(0.1, 0.9), st.text(max_size=2), st.sampled_from([1e308, 1.0, 60.0, True]),
+               st.integers(min_value=1_000_001))),
+    (("tariffs", 0, "elements", 0, "price_components", 0, "vat"),
+     st.one_of(st.floats(max_value=-0.01, allow_infinity=False), st.text(min_size=1, max_size=2),
+               st.floats(min_value=100.001, allow_infinity=False), st.just(1e308))),
+    (("tariffs", 0, "min_price"), st.fixed_dictionaries({"excl_vat": UNPRICEABLE})),
+    (("tariffs", 0, "max_price"), st.fixed_dictionaries({"excl_vat": st.just(1), "incl_vat": UNPRICEABLE})),
+    (("tariffs", 0, "elements", 1, "price_components", 0, "price"), UNPRICEABLE),
+    (("tariffs", 0, "elements", 0, "restrictions", "min_duration"), st.sampled_from([1e308, 10**12, 1.5, -1])),
     (("tariffs", 0, "elements", 0, "price_components", 0, "type"), st.text(max_size=8).filter(
         lambda t: t not in ("ENERGY", "FLAT", "TIME", "PARKING_TIME"))),
     (("tariffs", 0, "elements"), st.one_of(st.just([]), st.just(_DELETE), st.text(max_size=3), st.integers())),
@@ -545,7 +555,85 @@ def test_lone_surrogates_in_any_string_are_rejected(seam, data):
     topic = data.draw(st.sampled_from(sorted(cases)))
     check(seam, f"{ROOT}/{topic}", json.dumps(cases[topic]).encode(), must_reject=True)
     if topic.startswith("cmd/"):
-        assert seam.results()[-1]["request_id"] is None  # nothing in it can be trusted
+        answer = seam.results()[-1]
+        # The answer carries the request_id when that field is text, null when it is the broken one;
+        # its detail names the field, and is text itself (a strict JSON parser takes it).
+        request_id = cases[topic]["request_id"]
+        assert answer["request_id"] == (request_id if is_text(request_id) else None)
+        assert is_text(answer["detail"]) and answer["detail"].split(":")[0] in ("request_id", "evse_id", repr(bad)[1:-1])
+
+
+def string_places(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], bool]]:
+    """Every string in a JSON document: (path, True) for a key, (path, False) for a value."""
+    places: list[tuple[tuple[Any, ...], bool]] = []
+    if isinstance(obj, str):
+        places.append((path, False))
+    elif isinstance(obj, dict):
+        for key, child in obj.items():
+            places.append((path + (key,), True))
+            places.extend(string_places(child, path + (key,)))
+    elif isinstance(obj, list):
+        for i, child in enumerate(obj):
+            places.extend(string_places(child, path + (i,)))
+    return places
+
+
+def inbound_templates(users_version: int, tariffs_version: int) -> dict[str, dict[str, Any]]:
+    """A valid message for every topic the agent reads (lists newer than the local ones)."""
+    templates = {
+        "config/users": {"version": users_version + 1, "users": copy.deepcopy(USERS)},
+        "config/users/delta": {"version": users_version + 1, "base_version": max(users_version, 1),
+                               "upsert": [copy.deepcopy(USERS[1])], "remove": ["u-404"]},
+        "config/tariffs": {"version": tariffs_version + 1, **copy.deepcopy(TARIFFS)},
+        "ack": {"ids": ["e-1", "e-2"]},
+        "auth/response": {"request_id": "q-1", "status": "accepted", "user": copy.deepcopy(USERS[0])},
+    }
+    for name, fields in COMMANDS.items():
+        templates[f"cmd/{name}"] = {"request_id": "", **fields, "expires_at": "2099-01-01T00:00:00Z",
+                                    **({"until": "2099-01-01T00:00:00Z"} if name == "set_site_limit" else {})}
+    return templates
+
+
+@st.composite
+def surrogate_messages(draw: st.DrawFn, users_version: int, tariffs_version: int) -> tuple[str, dict[str, Any]]:
+    """(topic, document): a valid message for any inbound topic with a lone surrogate put into one
+    of its strings, key or value. The whole message must be rejected."""
+    templates = inbound_templates(users_version, tariffs_version)
+    topic = draw(st.sampled_from(sorted(templates)))
+    doc = templates[topic]
+    if topic.startswith("cmd/"):
+        doc["request_id"] = fresh_request_id()
+    path, is_key = draw(st.sampled_from(string_places(doc)))
+    bad = draw(LONE_SURROGATES)
+    if is_key:
+        parent = doc
+        for key in path[:-1]:
+            parent = parent[key]
+        spoiled = draw(st.sampled_from([bad, path[-1] + bad, bad + path[-1]]))
+        parent[spoiled] = parent.pop(path[-1])
+    else:
+        original = doc
+        for key in path:
+            original = original[key]
+        doc = set_path(doc, path, draw(st.sampled_from([bad, original + bad, bad + original])))
+    return topic, doc
+
+
+def expected_request_id(doc: dict[str, Any]) -> str | None:
+    """What the answer to a rejected command carries: its request_id if that field is usable."""
+    request_id = doc.get("request_id")
+    return request_id if isinstance(request_id, str) and 0 < len(request_id) <= 200 and is_text(request_id) else None
+
+
+@FUZZ
+@given(data=st.data())
+def test_a_lone_surrogate_in_any_string_of_any_topic_rejects_the_message(seam, data):
+    topic, doc = data.draw(surrogate_messages(seam.local("users"), seam.local("tariffs")))
+    check(seam, f"{ROOT}/{topic}", json.dumps(doc).encode(), must_reject=True)
+    if topic.startswith("cmd/"):
+        answer = seam.results()[-1]
+        assert answer["status"] == "error" and answer["request_id"] == expected_request_id(doc)
+        assert is_text(answer["detail"])
 
 
 @FUZZ
@@ -641,3 +729,14 @@ def test_rejections_are_logged_once_each_and_a_flood_is_summarised():
         logger.removeHandler(handler)
     assert len(records) == 6 and all(len(r) < 400 for r in records)
     assert "the next are only counted" in records[-1]
+
+
+def test_a_command_is_answered_when_the_disk_refuses_to_store_the_answer(seam, monkeypatch):
+    def disk_full(*args: Any, **kwargs: Any) -> None:
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(seam.site.store, "save_command_result", disk_full)
+    for payload in ({"request_id": fresh_request_id(), **COMMANDS["stop"]},  # carried out: no session to stop
+                    {"request_id": fresh_request_id(), "evse_id": "\ud800"}):  # rejected whole
+        check(seam, f"{ROOT}/cmd/stop", json.dumps(payload).encode())
+        assert seam.results()[-1]["request_id"] == payload["request_id"]

@@ -85,7 +85,9 @@ def test_bender_tcp_setup_control_and_charging(sims: SimChargerThread) -> None:
             cp = bender(registry, server.port, failsafe_current_a=10, failsafe_timeout_s=30)
             assert isinstance(cp, Charger) and isinstance(cp, Meter)
             await cp.setup()
-            assert sim.writes_to(131) == [10] and sim.writes_to(132) == [30]
+            # No session yet: a timeout would give a plugged car 0 A; the timeout is read back.
+            assert sim.writes_to(131) == [0] and sim.writes_to(132) == [30]
+            assert cp.failsafe_timeout_s == 30 and cp.keepalive_interval_s == 12
 
             assert await cp.status() == "A"
             sim.plug()
@@ -114,6 +116,9 @@ def test_bender_tcp_setup_control_and_charging(sims: SimChargerThread) -> None:
             assert sim.writes_to(1000)[-1] == 0
             await cp.enable(True)
             assert sim.writes_to(1000)[-1] == 20
+            # The session's share went to the fail-safe register before the setpoint let the car charge.
+            order = [r for _, r, _ in sim.writes if r in (131, 1000)]
+            assert sim.writes_to(131) == [0, 10] and order[-2:] == [131, 1000]
             assert await cp.status() == "C"
 
             await cp.set_max_current(40)
@@ -191,13 +196,14 @@ def test_bender_keepalive_rewrites_setpoint_before_the_timeout(sims: SimChargerT
             await cp.keepalive()
             assert sim.writes_to(1000) == []  # nothing commanded yet, nothing to keep alive
             await cp.set_max_current(12)
+            await cp.enable(True)  # a session: its fail-safe current is the share (6 A)
             await cp.keepalive()
-            assert sim.writes_to(1000) == [12]  # not due yet
+            assert sim.writes_to(1000) == [12, 12]  # not due yet
             for _ in range(4):
                 await asyncio.sleep(0.3)
                 await cp.poll()
                 await cp.keepalive()
-            assert sim.writes_to(1000).count(12) >= 3  # rewritten every timeout/2
+            assert sim.writes_to(1000).count(12) >= 4  # rewritten every 0.4 of the timeout
             assert not sim.failsafe_active
             await asyncio.sleep(1.2)  # the gateway goes quiet for longer than the timeout
             assert sim.failsafe_active and sim.setpoint_a == 6
@@ -219,6 +225,7 @@ def test_tcp_charger_that_goes_silent_or_away_comes_back(sims: SimChargerThread,
             cp = bender(registry, port, retries=1)
             await cp.setup()
             await cp.set_max_current(16)
+            await cp.enable(True)
             assert (await cp.poll()).iec61851 == "A"
 
             sim.set_silent(True)
@@ -266,8 +273,10 @@ def test_two_heidelbergs_on_one_rtu_bus(pair: SocatPair, sims: SimChargerThread)
 
             await cp1.setup()
             await cp2.setup()
-            assert [(r, v) for _, r, v in one.writes] == [(258, 4), (262, 80), (257, 20000)]
-            assert [(r, v) for _, r, v in two.writes] == [(258, 4), (262, 60), (257, 15000)]
+            # No session: fail-safe 0 A until one is enabled.
+            assert [(r, v) for _, r, v in one.writes] == [(258, 4), (262, 0), (257, 20000)]
+            assert [(r, v) for _, r, v in two.writes] == [(258, 4), (262, 0), (257, 15000)]
+            assert (cp1.failsafe_timeout_s, cp2.failsafe_timeout_s) == (20, 15)  # read back from 257
             stamps = sorted(t for t, _, _ in one.writes + two.writes)
             assert min(b - a for a, b in itertools.pairwise(stamps)) >= 0.095  # >= 100 ms between frames
 
@@ -284,6 +293,7 @@ def test_two_heidelbergs_on_one_rtu_bus(pair: SocatPair, sims: SimChargerThread)
             assert one.writes_to(261)[-1] == 0
             await cp1.enable(True)
             assert one.writes_to(261)[-1] == 100
+            assert [(r, v) for _, r, v in one.writes][-2:] == [(262, 80), (261, 100)]  # the share first
             one.set_ev_requesting(True)
 
             first = await cp1.poll()
@@ -341,7 +351,7 @@ def test_silent_rtu_device_does_not_starve_the_other(pair: SocatPair, sims: SimC
             assert (await cp2.poll()).iec61851 == "A"
             before = len(two.writes)
             await cp2.keepalive()  # it was gone: setup goes out again
-            assert [(r, v) for _, r, v in two.writes[before:]] == [(258, 4), (262, 60), (257, 15000)]
+            assert [(r, v) for _, r, v in two.writes[before:]] == [(258, 4), (262, 0), (257, 15000)]
 
     run(scenario())
 
@@ -355,6 +365,7 @@ def test_heidelberg_keepalive_traffic_holds_the_watchdog(pair: SocatPair, sims: 
             cp = heidelberg(registry, pair.a, 1, failsafe_current_a=6, failsafe_timeout_s=0.5, frame_gap_s=GAP)
             await cp.setup()
             await cp.set_max_current(16)
+            await cp.enable(True)
             writes = len(one.writes)
             for _ in range(8):
                 await asyncio.sleep(0.1)

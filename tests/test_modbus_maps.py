@@ -200,6 +200,7 @@ def test_maps_carry_the_documented_quirks() -> None:
         (lambda d: d["registers"]["setpoint"].update(access="w"), "registers.setpoint.readback"),
         (lambda d: d["states"].update({12: {"role": "nope", "mask": 1, "set": "B", "clear": "A"}}), "states.12.role"),
         (lambda d: d["keepalive"].update(every_s=2), "keepalive"),
+        (lambda d: d["keepalive"].update(every=0.5), "keepalive.every"),  # > 0.4 of the timeout
         (lambda d: d["keepalive"].update(kind="write"), "keepalive.register"),
         (lambda d: d.update(never_write=[{"address": 261, "why": "no"}]), "registers.setpoint.address"),
         (lambda d: d.update(never_write=[{"address": 258, "why": "no"}]), "setup.writes[0].address"),

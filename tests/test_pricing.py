@@ -347,13 +347,33 @@ def _with(path: list, value) -> dict:
 
 @pytest.mark.parametrize(("path", "value", "message"), [
     (["elements", 1, "price_components", 0, "step_size"], 0,
-     "elements[1].price_components[0].step_size: must be an integer >= 1"),
+     "elements[1].price_components[0].step_size: must be an integer from 1 to 1,000,000"),
     (["elements", 1, "price_components", 0, "step_size"], 1.5,
-     "elements[1].price_components[0].step_size: must be an integer >= 1"),
+     "elements[1].price_components[0].step_size: must be an integer from 1 to 1,000,000"),
+    (["elements", 1, "price_components", 0, "step_size"], 1e308,  # OCPI's step_size is an int
+     "elements[1].price_components[0].step_size: must be an integer from 1 to 1,000,000"),
+    (["elements", 1, "price_components", 0, "step_size"], 60.0,
+     "elements[1].price_components[0].step_size: must be an integer from 1 to 1,000,000"),
+    (["elements", 1, "price_components", 0, "step_size"], True,
+     "elements[1].price_components[0].step_size: must be an integer from 1 to 1,000,000"),
+    (["elements", 1, "price_components", 0, "step_size"], 10**7,
+     "elements[1].price_components[0].step_size: must be an integer from 1 to 1,000,000"),
     (["elements", 0, "price_components", 0, "price"], -0.25,
-     "elements[0].price_components[0].price: must be a number >= 0"),
+     "elements[0].price_components[0].price: must be a number from 0 to 1,000,000"),
     (["elements", 0, "price_components", 0, "price"], "0.25",
-     "elements[0].price_components[0].price: must be a number >= 0"),
+     "elements[0].price_components[0].price: must be a number from 0 to 1,000,000"),
+    (["elements", 0, "price_components", 0, "price"], 1e308,
+     "elements[0].price_components[0].price: must be a number from 0 to 1,000,000"),
+    (["elements", 0, "price_components", 0, "vat"], 1e308,
+     "elements[0].price_components[0].vat: must be a percentage from 0 to 100"),
+    (["elements", 0, "price_components", 0, "vat"], 100.01,
+     "elements[0].price_components[0].vat: must be a percentage from 0 to 100"),
+    (["elements", 0, "price_components", 0, "vat"], -1,
+     "elements[0].price_components[0].vat: must be a percentage from 0 to 100"),
+    (["min_price"], {"excl_vat": 1e308}, "min_price.excl_vat: must be a number from 0 to 1,000,000"),
+    (["max_price"], {"excl_vat": 1, "incl_vat": 1e7}, "max_price.incl_vat: must be a number from 0 to 1,000,000"),
+    (["elements", 1, "restrictions", "min_duration"], 1e308,
+     "elements[1].restrictions.min_duration: must be a whole number of seconds"),
     (["elements", 0, "price_components", 0, "type"], "KWH",
      "elements[0].price_components[0].type: must be one of"),
     (["elements", 1, "restrictions", "start_time"], "24:00",
@@ -374,6 +394,33 @@ def test_tariff_error_names_the_path(path, value, message):
         parse_tariff(_with(path, value))
     assert str(raised.value).startswith(message)
     assert isinstance(raised.value, ValueError)
+
+
+def test_flat_takes_step_size_0_as_ocpi_examples_do_and_other_dimensions_do_not():
+    free = parse_tariff({"id": "FREE", "currency": "EUR",
+                         "elements": [{"price_components": [{"type": "FLAT", "price": 0, "step_size": 0}]}]})
+    assert free.elements[0].price_components[0].step_size == 0
+    start = utc("2024-05-06T10:00")
+    flat = tariff(element(component("FLAT", 1.5, vat=20, step=0), component("ENERGY", 0.25, step=1)))
+    cost = price_periods(flat, [ChargingPeriod(start=start, energy_kwh=d("2"), charging_h=d("1"))],
+                         session_start=start, session_end=start + timedelta(hours=1), tz="UTC")
+    assert (excl(cost), incl(cost)) == (d("2.0000"), d("2.3000"))
+    step = r"^elements\[0\]\.price_components\[0\]\.step_size: must be an integer from"
+    for kind in ("ENERGY", "TIME", "PARKING_TIME"):
+        with pytest.raises(TariffError, match=step + " 1 "):
+            tariff(element(component(kind, 1, step=0)))
+    for bad in (0.0, 1e308, -1, False):
+        with pytest.raises(TariffError, match=step + " 0 "):
+            tariff(element(component("FLAT", 1, step=bad)))
+
+
+def test_prices_and_vat_at_their_ceilings_are_accepted_and_priced():
+    t = tariff(element(component("ENERGY", 1_000_000, vat=100)), min_price={"excl_vat": 1_000_000})
+    start = utc("2024-05-06T10:00")
+    cost = price_periods(t, [ChargingPeriod(start=start, energy_kwh=d("500"))], session_start=start,
+                         session_end=start + timedelta(hours=50), tz="UTC")
+    assert (cost.excl_vat, cost.incl_vat) == (d("500000000"), d("1000000000"))
+    assert cost.to_json()["incl_vat"] == 1_000_000_000.0
 
 
 def test_max_price_below_min_price_is_rejected():

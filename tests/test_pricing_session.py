@@ -46,7 +46,7 @@ def test_edge_agent_price_names_the_bad_field(tmp_path):
     (tmp_path / "cdr.json").write_text(json.dumps(VECTORS[0]["cdr"]), encoding="utf-8")
     out = edge_agent("price", "--tariff", str(tmp_path / "tariff.json"), "--cdr", str(tmp_path / "cdr.json"))
     assert out.returncode == 1
-    assert "elements[0].price_components[0].price: must be a number >= 0" in out.stderr
+    assert "elements[0].price_components[0].price: must be a number from 0 to 1,000,000" in out.stderr
 
 
 # -- sessions across the 2026 DST changes in Oslo ---------------------------------------------

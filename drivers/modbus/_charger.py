@@ -23,13 +23,32 @@ from edge_agent.tokens import InvalidToken, normalize_uid
 
 from ._bus import ModbusDevice
 from ._mapio import METER_ROLES, MapIO
-from ._registermap import ConditionalState, RegisterMap, encode, field_value, raw_value, raw_words
+from ._registermap import (
+    MAX_KEEPALIVE_SHARE,
+    ConditionalState,
+    RegisterMap,
+    encode,
+    field_value,
+    raw_value,
+    raw_words,
+)
 
 log = logging.getLogger("drivers.modbus")
 
 FailsafeReport = dict[str, str | int | float | bool | None]
 SESSION_STUCK_POWER_W = 500.0
 SESSION_STUCK_AFTER_S = 120.0
+UNKNOWN_TIMEOUT_PERIOD_S = 3.0  # keep-alive period while the device has not told its timeout yet
+TIMEOUT_TOLERANCE_S = 1.0  # a timeout read back this close to the one stated is the same one
+
+
+def unbilled_fallback_warning(current_a: float | str, timeout_s: float | str | None) -> str:
+    """What a charger whose safe current is set on the device itself (Alfen, in ACE) does without its gateway."""
+    after = f"{timeout_s:g} s" if isinstance(timeout_s, (int, float)) else (timeout_s or "its setpoint validity")
+    amps = f"{current_a:g} A" if isinstance(current_a, (int, float)) else current_a
+    return (f"a plugged car will charge at {amps}, unbilled, whenever the gateway is down for more than {after}"
+            " (the safe current is set on the charger, not by the gateway): set the safe current to 0 A in"
+            " ACE Service Installer")
 
 
 class ModbusCharger:
@@ -37,7 +56,9 @@ class ModbusCharger:
     (and Identifier where the map has an ``rfid_uid`` register: see ``has_identifier``).
 
     Call ``setup()`` once after creating it, then ``poll()`` and ``keepalive()`` every cycle, at
-    least every ``keepalive_interval_s``. ``energy_wh`` in a reading is, in this order: the
+    least every ``keepalive_interval_s`` (re-read it: it changes once the device told its timeout).
+    Where the gateway sets the fail-safe current it is 0 except between enable(True) and
+    enable(False), when it is ``failsafe_current_a`` (the session's load-management share). ``energy_wh`` in a reading is, in this order: the
     billing meter's lifetime register (when the charger has a ``meter``), the map's lifetime
     counter (``energy``; VAh on Heidelberg, not billing-grade), or the lifetime counter the
     driver builds from the session register (``energy_counter``, for ABB and Etrel).
@@ -72,13 +93,19 @@ class ModbusCharger:
         self.io = MapIO(name=name, regmap=regmap, device=device, station=station_device)
         self.max_current_a = max_a
         self.meter = meter
-        self.failsafe_current_a: float | None = None
-        self.failsafe_timeout_s: float | None = None
+        self.failsafe_current_a: float | None = None  # gateway-armed: the share while a session is enabled
+        # The timeout: the config's (stated), else what the device reported (learned), else the map's.
+        self._stated_timeout_s: float | None = None
+        self._default_timeout_s: float | None = None
+        self.device_timeout_s: float | None = None  # as the device reported it (readback, Alfen's 1208)
+        self.device_failsafe_current_a: float | None = None  # set_by device: the safe current read at setup
         failsafe = regmap.failsafe
         if failsafe is not None:
             timeout = failsafe.timeout_s if failsafe_timeout_s is None else float(failsafe_timeout_s)
             if timeout <= 0:
                 raise ValueError(f"{name}: failsafe_timeout_s must be > 0, got {timeout}")
+            self._stated_timeout_s = None if failsafe_timeout_s is None else timeout
+            self._default_timeout_s = failsafe.timeout_s
             if failsafe.set_by == "device":
                 if failsafe_current_a is not None:
                     raise ValueError(
@@ -93,11 +120,15 @@ class ModbusCharger:
                 for role in failsafe.current_roles:
                     encode(self.io.reg(role), current)  # fails now, not at setup, if the register cannot hold it
                 if regmap.register("failsafe_timeout") is not None:
-                    encode(self.io.reg("failsafe_timeout"), timeout)
+                    try:
+                        encode(self.io.reg("failsafe_timeout"), timeout)
+                    except ValueError as exc:
+                        raise ValueError(f"{name}: failsafe_timeout_s {timeout:g} cannot be written to"
+                                         f" {regmap.model}: {exc}") from None
                 self.failsafe_current_a = current
-            self.failsafe_timeout_s = timeout
         elif failsafe_current_a is not None or failsafe_timeout_s is not None:
-            raise ValueError(f"{name}: {regmap.model} has no fail-safe registers")
+            given = "failsafe_current_a" if failsafe_current_a is not None else "failsafe_timeout_s"
+            raise ValueError(f"{name}: {given}: {regmap.model} has no fail-safe registers")
 
         self._energy_role: str | None = None
         if meter is None:
@@ -131,6 +162,13 @@ class ModbusCharger:
         self._keepalive_disabled = False
         self._setup_recoveries: int | None = None  # device.recoveries when setup last ran
         self.failsafe_problem: str | None = None  # why the fail-safe could not be written, if so
+        # Gateway-armed fail-safe current: 0 unless a session is enabled (enable(True) .. enable(False)).
+        self._session_enabled = False
+        self._failsafe_written: float | None = None  # the fail-safe current the device holds, as last written
+        self._failsafe_dirty = False  # the last fail-safe current write failed: retried by keepalive()
+        self._learn_validity = self.io.has("setpoint_validity")  # read it after the next setpoint write
+        self._timeout_logged: float | None = None
+        self._timeout_mismatch_warned: float | None = None
         self._stuck_since: float | None = None  # the session register stays 0 while power flows
         self._stuck_reported = False
 
@@ -147,10 +185,69 @@ class ModbusCharger:
         return self.io.has("rfid_uid")
 
     @property
+    def failsafe_timeout_s(self) -> float | None:
+        """The device's keep-alive timeout, as best known: for a device-set one (Alfen's validity) the
+        config's, else what the device reported, else None until it has; for a gateway-armed one
+        what the device read back, else what is written (the config's, else the map's)."""
+        failsafe = self.regmap.failsafe
+        if failsafe is None:
+            return None
+        if failsafe.set_by == "device":
+            if self._stated_timeout_s is not None:
+                return self._stated_timeout_s
+            if self.io.has("setpoint_validity"):
+                return self.device_timeout_s
+            return self._default_timeout_s
+        if self.device_timeout_s is not None:
+            return self.device_timeout_s
+        return self._written_timeout_s
+
+    @property
+    def _written_timeout_s(self) -> float | None:
+        return self._stated_timeout_s if self._stated_timeout_s is not None else self._default_timeout_s
+
+    @property
     def keepalive_interval_s(self) -> float | None:
-        """keepalive() must be called at least this often (None: the model needs no keep-alive)."""
+        """keepalive() must be called at least this often (None: the model needs no keep-alive).
+
+        At most 0.4 of the device's timeout; every few seconds while the timeout is not known yet.
+        May change once the device told its timeout: callers re-read it every cycle.
+        """
         keepalive = self.regmap.keepalive
-        return None if keepalive is None else keepalive.period_s(self.failsafe_timeout_s)
+        if keepalive is None:
+            return None
+        timeout = self.failsafe_timeout_s
+        if keepalive.every_s is not None:
+            return keepalive.every_s if timeout is None else min(keepalive.every_s, MAX_KEEPALIVE_SHARE * timeout)
+        if timeout is None:
+            return UNKNOWN_TIMEOUT_PERIOD_S
+        return min(keepalive.every or MAX_KEEPALIVE_SHARE, MAX_KEEPALIVE_SHARE) * timeout
+
+    @property
+    def failsafe_current_now_a(self) -> float | None:
+        """What the charger gives a plugged car if the gateway goes quiet now (None: not known)."""
+        failsafe = self.regmap.failsafe
+        if failsafe is None:
+            return None
+        if failsafe.set_by == "device":
+            return self.device_failsafe_current_a
+        return self._failsafe_written
+
+    @property
+    def failsafe_warning(self) -> str | None:
+        """Plain words for a technician when a gateway outage gives current no session pays for."""
+        failsafe = self.regmap.failsafe
+        if failsafe is None:
+            return None
+        if failsafe.set_by == "device":
+            current = self.device_failsafe_current_a
+            if current == 0:
+                return None
+            return unbilled_fallback_warning(
+                "its safe current (not read yet)" if current is None else current, self.failsafe_timeout_s)
+        if self.failsafe_problem is not None:
+            return f"the fail-safe current could not be set on the charger: {self.failsafe_problem}"
+        return None
 
     # drivers.api.Charger
 
@@ -172,8 +269,15 @@ class ModbusCharger:
         return raw != control.stop_value
 
     async def enable(self, on: bool) -> None:
-        """Off writes the stop value (or the pause trigger); on writes the last set current (the minimum if none was set yet)."""
+        """Off writes the stop value (or the pause trigger); on writes the last set current (the minimum if none was set yet).
+
+        Where the gateway sets the fail-safe current, it is written first: on, the share, so the
+        session keeps it if the gateway dies from then on; off, 0, before the stop, so there is no
+        moment in which a timeout would give current to a car without a session.
+        """
         self._enabled = on
+        self._session_enabled = on
+        await self._write_failsafe_current()
         await self._write_setpoint()
 
     async def set_max_current(self, amps: float) -> None:
@@ -256,19 +360,25 @@ class ModbusCharger:
             await self.device.write_register(address, value)
         failsafe = regmap.failsafe
         if failsafe is not None and failsafe.set_by == "gateway" and self.failsafe_current_a is not None:
-            # The fallback current is in place before the watchdog that applies it is armed.
-            try:
-                for role in failsafe.current_roles:
-                    await self.io.write_value(role, self.failsafe_current_a)
-                if regmap.register("failsafe_timeout") is not None and self.failsafe_timeout_s is not None:
-                    await self.io.write_value("failsafe_timeout", self.failsafe_timeout_s)
-            except ModbusExceptionResponse as exc:
-                # Older firmware (ABB < 1.9) lacks the registers; the charger still charges.
-                if self.failsafe_problem is None:
-                    log.warning("%s: fail-safe not configured: %s", self.name, exc)
-                self.failsafe_problem = str(exc)
-            else:
-                self.failsafe_problem = None
+            # The fallback current (0 without a session) is in place before the watchdog that applies it is armed.
+            self._failsafe_written = None  # a rebooted charger holds its factory value
+            await self._write_failsafe_current()
+            written = self._written_timeout_s
+            if regmap.register("failsafe_timeout") is not None and written is not None and self.failsafe_problem is None:
+                try:
+                    await self.io.write_value("failsafe_timeout", written)
+                except ModbusExceptionResponse as exc:
+                    # Older firmware (ABB < 1.9) lacks the registers; the charger still charges.
+                    self._failsafe_refused(exc)
+                else:
+                    await self._read_back_timeout(written)
+        elif failsafe is not None and failsafe.set_by == "device":
+            if self.io.has(failsafe.current_roles[0]):
+                current = await self._read_optional(failsafe.current_roles[0])
+                if current is not None and current != self.device_failsafe_current_a and current > 0:
+                    log.warning("%s: %s", self.name, unbilled_fallback_warning(current, self.failsafe_timeout_s))
+                self.device_failsafe_current_a = current
+            self._learn_validity = self.io.has("setpoint_validity")  # a rebooted charger may have another one
         keepalive = regmap.keepalive
         if keepalive is not None and keepalive.kind == "write":
             assert keepalive.register is not None
@@ -292,6 +402,8 @@ class ModbusCharger:
         if self._setup_recoveries is not None and self._setup_recoveries != self.device.recoveries:
             await self.setup()
             self._dirty = self._dirty or self._commanded
+        if self._failsafe_dirty:
+            await self._write_failsafe_current()
         if self._dirty:
             await self._write_setpoint()
         keepalive = self.regmap.keepalive
@@ -330,7 +442,9 @@ class ModbusCharger:
             report["timeout_s"] = await self._read_optional("failsafe_timeout")
         elif failsafe.set_by == "device":
             report["timeout_s"] = self.failsafe_timeout_s
-            report["note"] = "the timeout is configured on the charger; this is what the driver assumes"
+            report["note"] = "the timeout is configured on the charger; this is what the driver uses"
+            if self.io.has("setpoint_validity") and self.device_timeout_s is not None:
+                report["device_timeout_s"] = self.device_timeout_s
         keepalive = self.regmap.keepalive
         if keepalive is not None and keepalive.kind == "write" and keepalive.disabled_when is not None:
             assert keepalive.register is not None
@@ -341,6 +455,9 @@ class ModbusCharger:
                 return report
         timeout = report["timeout_s"]
         report["configured"] = report["current_a"] is not None and (timeout is None or bool(timeout))
+        current = report["current_a"]
+        if failsafe.set_by == "device" and isinstance(current, (int, float)) and current > 0:
+            report["warning"] = unbilled_fallback_warning(current, self.failsafe_timeout_s)
         return report
 
     # Internals
@@ -375,6 +492,97 @@ class ModbusCharger:
             await device.write_registers(address, words)
         self._dirty = False
         self._last_setpoint_write = time.monotonic()
+        if self._learn_validity:
+            await self._learn_setpoint_validity()
+
+    async def _learn_setpoint_validity(self) -> None:
+        """Right after a setpoint write the remaining validity (Alfen 1208) is the whole validity set in ACE."""
+        try:
+            validity = await self._read_optional("setpoint_validity")
+        except DeviceError as exc:
+            log.info("%s: cannot read the setpoint validity yet (%s); re-writing every %g s until then",
+                     self.name, exc, UNKNOWN_TIMEOUT_PERIOD_S)
+            return
+        if validity is None or validity <= 0:
+            return  # no value now: tried again after the next write
+        self._learn_validity = False
+        address = self.io.source("setpoint_validity").address
+        self._learned_timeout(float(validity), source=f"setpoint validity (register {address})")
+
+    async def _read_back_timeout(self, written: float) -> None:
+        """What a gateway-armed timeout really is on the device (it may clamp or ignore what was written)."""
+        if not self.io.has("failsafe_timeout"):
+            return
+        try:
+            held = await self._read_optional("failsafe_timeout")
+        except DeviceError:
+            return  # the poll says so; the written value is used meanwhile
+        if held is None:
+            return
+        if held <= 0:
+            if self._timeout_mismatch_warned != held:
+                self._timeout_mismatch_warned = held
+                log.warning("%s: the charger reads back a fail-safe timeout of 0 (switched off) after %g s was"
+                            " written: it will not fall back if the gateway dies", self.name, written)
+            self.device_timeout_s = None
+            return
+        address = self.io.source("failsafe_timeout").address
+        self._learned_timeout(float(held), source=f"fail-safe timeout (register {address})")
+
+    def _learned_timeout(self, timeout_s: float, *, source: str) -> None:
+        self.device_timeout_s = timeout_s
+        stated = self._stated_timeout_s if self.regmap.failsafe and self.regmap.failsafe.set_by == "device" \
+            else self._written_timeout_s
+        differs = stated is not None and abs(stated - timeout_s) > TIMEOUT_TOLERANCE_S
+        if differs and self._timeout_mismatch_warned != timeout_s:
+            self._timeout_mismatch_warned = timeout_s
+            if self.regmap.failsafe and self.regmap.failsafe.set_by == "device":
+                log.warning("%s: failsafe_timeout_s is %g s but the charger reports a %s of %g s; the configured"
+                            " %g s is used: correct the config or the charger", self.name, stated, source,
+                            timeout_s, stated)
+            else:
+                log.warning("%s: %g s was written but the charger holds a %s of %g s; that is used",
+                            self.name, stated, source, timeout_s)
+        if self._timeout_logged != timeout_s:
+            self._timeout_logged = timeout_s
+            log.info("%s: the charger's %s is %g s; keep-alive every %g s", self.name, source, timeout_s,
+                     self.keepalive_interval_s or 0)
+
+    def _failsafe_target_a(self) -> float:
+        assert self.failsafe_current_a is not None
+        return self.failsafe_current_a if self._session_enabled else 0.0
+
+    async def _write_failsafe_current(self) -> None:
+        """Where the gateway sets it: the share while a session is enabled, else 0; written when it changes.
+
+        A device error is not raised (the setpoint write that follows says so): the write is
+        retried by keepalive(). A register the firmware refuses is reported once and not retried.
+        """
+        failsafe = self.regmap.failsafe
+        if failsafe is None or failsafe.set_by != "gateway" or self.failsafe_current_a is None:
+            return
+        target = self._failsafe_target_a()
+        if self._failsafe_written == target and not self._failsafe_dirty:
+            return
+        self._failsafe_dirty = True
+        try:
+            for role in failsafe.current_roles:
+                await self.io.write_value(role, target)
+        except ModbusExceptionResponse as exc:
+            self._failsafe_refused(exc)
+            self._failsafe_dirty = False
+            return
+        except DeviceError as exc:
+            log.warning("%s: cannot write the fail-safe current %g A yet: %s", self.name, target, exc)
+            return
+        self._failsafe_dirty = False
+        self._failsafe_written = target
+        self.failsafe_problem = None
+
+    def _failsafe_refused(self, exc: Exception) -> None:
+        if self.failsafe_problem is None:
+            log.warning("%s: fail-safe not configured: %s", self.name, exc)
+        self.failsafe_problem = str(exc)
 
     async def _write_keepalive(self) -> None:
         keepalive = self.regmap.keepalive

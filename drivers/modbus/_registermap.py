@@ -67,16 +67,19 @@ Schema (optional keys show their default; "charger only" keys are errors in a me
     never_write:                   # optional: addresses the drivers refuse to write, with the reason
       - {address: 16645, why: "...", station: false}   # station: not shifted by connectors
     failsafe:                      # optional: what the charger does on its own when the gateway goes quiet
-      current_a: 6                 # default fallback current
-      timeout_s: 15                # default timeout
-      set_by: gateway | device     # optional (gateway): gateway = the driver writes current_roles then
-                                   #   failsafe_timeout (when mapped) at setup; device = configured on the
-                                   #   charger (Alfen ACE), only read; timeout_s is then what it is set to
+      current_a: 6                 # default fallback current (the share while a session is enabled)
+      timeout_s: 15                # default timeout, used only until the device tells its own
+      set_by: gateway | device     # optional (gateway): gateway = the driver writes current_roles (0 while
+                                   #   no session is enabled, the share while one is) then failsafe_timeout
+                                   #   (when mapped) at setup and reads the timeout back; device = configured
+                                   #   on the charger (Alfen ACE), only read; the timeout is learned from a
+                                   #   `setpoint_validity` register (remaining validity, read right after a
+                                   #   setpoint write) where the map has one
       current_roles: [failsafe_current]   # optional: roles the current goes to (Schneider 1p + 3p)
     keepalive:                     # optional (none)
       kind: traffic | rewrite_setpoint | write   # any transaction resets the watchdog | the setpoint
                                    #   must be re-written | a register must be written (life bit)
-      every: 0.25                  # act when this share of the fail-safe timeout has passed, or
+      every: 0.25                  # act when this share (at most 0.4) of the fail-safe timeout has passed, or
       every_s: 2                   #   every this many seconds (one of the two)
       register: life_bit           # kind write: role written ...
       value: 1                     #   ... with this raw value
@@ -120,6 +123,7 @@ DATA_TYPES = (*TYPE_WORDS, "ascii")
 INTEGER_TYPES = ("uint16", "int16", "uint32", "int32", "uint64", "int64")
 _UNSIGNED = ("uint16", "uint32", "uint64")
 MAX_READ = 125  # registers per read request (Modbus limit)
+MAX_KEEPALIVE_SHARE = 0.4  # a keep-alive comes at least this often per fail-safe timeout: one lost cycle never trips it
 TRANSPORT_KINDS = ("tcp", "rtu")
 
 # Role -> units it may carry after scaling. Roles not listed accept any unit.
@@ -892,8 +896,8 @@ class _Parser:
             if failsafe is None:
                 raise self.fail(key, "needs a failsafe section (the timeout it keeps alive)")
             every = self.number(raw["every"], f"{key}.every", positive=True)
-            if every >= 1:
-                raise self.fail(f"{key}.every", "must be a fraction of the timeout, below 1")
+            if every > MAX_KEEPALIVE_SHARE:
+                raise self.fail(f"{key}.every", f"must be at most {MAX_KEEPALIVE_SHARE} of the timeout, got {every}")
         else:
             every_s = self.number(raw["every_s"], f"{key}.every_s", positive=True)
         register = value = disabled = None

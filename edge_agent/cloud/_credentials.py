@@ -103,15 +103,27 @@ def read_password(path: str | Path, *, key: str = "cloud.password_file", source:
 
 
 def link_credentials(cloud: CloudConfig, *, source: str = "<config>") -> LinkCredentials:
-    """Everything the MQTT link needs from the cloud section, checked; raises ConfigError."""
+    """Everything the MQTT link needs from the cloud section, checked; raises ConfigError
+    naming every problem found (the TLS files and the password file alike)."""
+    issues: list[ConfigIssue] = []
     context = None
     if cloud.tls is not None:
         as_text = lambda p: str(p) if p is not None else None  # noqa: E731
-        context = tls_context(TlsFiles(as_text(cloud.tls.ca_file), as_text(cloud.tls.cert_file),
-                                       as_text(cloud.tls.key_file)), source=source)
-    password = read_password(cloud.password_file, source=source) if cloud.password_file is not None else None
-    if password is not None and cloud.username is None:
-        raise _error("cloud.username", "is required with password_file", source)
+        try:
+            context = tls_context(TlsFiles(as_text(cloud.tls.ca_file), as_text(cloud.tls.cert_file),
+                                           as_text(cloud.tls.key_file)), source=source)
+        except ConfigError as exc:
+            issues += exc.errors
+    password = None
+    if cloud.password_file is not None:
+        try:
+            password = read_password(cloud.password_file, source=source)
+        except ConfigError as exc:
+            issues += exc.errors
+        if cloud.username is None:
+            issues.append(ConfigIssue("cloud.username", None, "is required with password_file"))
+    if issues:
+        raise ConfigError(issues, source=source)
     return LinkCredentials(context, cloud.username, password)
 
 

@@ -21,9 +21,17 @@ _SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
 
 
 class PayloadError(ValueError):
+    """Its text is always printable: a lone surrogate in a key or value it names becomes \\udXXX."""
+
     def __init__(self, field: str, message: str) -> None:
-        self.field = field
+        self.field = field = printable(field)
+        message = printable(message)
         super().__init__(f"{field}: {message}" if field else message)
+
+
+def printable(text: str) -> str:
+    """Text that UTF-8 (a log, SQLite, the cloud's JSON parser) takes: lone surrogates escaped."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def parse_json_object(payload: bytes) -> dict[str, Any]:

@@ -14,8 +14,10 @@ itself, as the proof harness does.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import math
+import sqlite3
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -34,6 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("edge_agent.loadmanagement")
 
+SITE_LIMIT_META = "site_limit"  # the cloud's limit in force: {"max_current_a", "until"} or null
+
 
 class ControlledCharger(Protocol):
     async def set_max_current(self, amps: float) -> None: ...
@@ -48,6 +52,11 @@ class OwnedCharger(ControlledCharger, Protocol):
 
 class SiteMeter(Protocol):
     async def measure(self) -> Measurement: ...
+
+
+class MetaStore(Protocol):  # edge_agent.store.Store
+    def meta(self, key: str) -> str | None: ...
+    def set_meta(self, key: str, value: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,6 +132,8 @@ class LoadManagementLoop:
         self._failing: set[str] = set()  # EVSEs whose last write failed (logged once)
         self._meter_ok: bool | None = None
         self._limit_until: datetime | None = None
+        self._limit_store: MetaStore | None = None
+        self._limit_saved = False  # a cloud limit is on disk
         self._wake = asyncio.Event()
         self.last_decision: Decision | None = None
 
@@ -158,8 +169,82 @@ class LoadManagementLoop:
             until_mono = now + (until - datetime.now(UTC)).total_seconds()
         limit = self.controller.set_site_limit(max_current_a, at=now, until=until_mono)
         self._limit_until = until.astimezone(UTC).replace(microsecond=0) if limit.source == "cloud" and until else None
+        self._save_site_limit(limit)
         self._wake.set()
         return limit
+
+    def keep_site_limit(self, store: MetaStore) -> SiteLimit | None:
+        """From now on the cloud's limit is saved in `store` and survives a restart until its
+        `until` (without one: until the cloud changes it). Puts back the limit saved there, unless
+        its `until` has passed; returns it (None: the configured limit applies)."""
+        self._limit_store = store
+        saved = self._saved_site_limit(store)
+        if saved is None:
+            return None
+        amps, until = saved
+        if until is not None and until <= datetime.now(UTC):
+            log.info("the cloud's site limit of %g A ended at %s while the agent was stopped; "
+                     "the configured %g A applies", amps, _rfc3339(until), self.plan.grid.max_current_a)
+            self._limit_saved = True
+            self._save_site_limit(None)
+            return None
+        try:
+            limit = self.set_site_limit(amps, until=until)
+        except ValueError as exc:  # edited by hand, or `until` passed this instant
+            log.warning("the saved site limit is not used: %s; the configured %g A applies",
+                        exc, self.plan.grid.max_current_a)
+            self._save_site_limit(None)
+            return None
+        if limit.source == "cloud":
+            log.info("the cloud's site limit of %g A is in force again after the restart, %s", amps,
+                     f"until {_rfc3339(until)}" if until is not None else "until the cloud changes it")
+            return limit
+        return None
+
+    def _saved_site_limit(self, store: MetaStore) -> tuple[float, datetime | None] | None:
+        raw = store.meta(SITE_LIMIT_META)
+        if raw is None:
+            return None
+        try:
+            saved = json.loads(raw)
+            if saved is None:
+                return None
+            amps = float(saved["max_current_a"])
+            until = None if saved["until"] is None else datetime.fromisoformat(saved["until"].replace("Z", "+00:00"))
+            if until is not None and until.tzinfo is None:
+                raise ValueError("until has no time zone")
+        except (ValueError, TypeError, KeyError, AttributeError) as exc:
+            log.warning("the saved site limit %r is unreadable (%s); the configured %g A applies",
+                        raw, exc, self.plan.grid.max_current_a)
+            self._limit_saved = True
+            self._save_site_limit(None)
+            return None
+        self._limit_saved = True
+        return amps, until
+
+    def _save_site_limit(self, limit: SiteLimit | None) -> None:
+        if self._limit_store is None:
+            return
+        cloud = limit is not None and limit.source == "cloud"
+        if not cloud and not self._limit_saved:
+            return  # nothing on disk to clear: an idle gateway writes nothing
+        value = None
+        if cloud:
+            assert limit is not None
+            value = {"max_current_a": limit.max_current_a,
+                     "until": _rfc3339(self._limit_until) if self._limit_until is not None else None}
+        try:
+            self._limit_store.set_meta(SITE_LIMIT_META, json.dumps(value))
+        except sqlite3.Error as exc:
+            log.warning("cannot save the site limit (%s): it holds until the agent restarts", exc)
+            return
+        self._limit_saved = cloud
+
+    def _forget_expired_limit(self, now: float) -> None:
+        if self._limit_saved and self.controller.site_limit(now).source != "cloud":
+            log.info("the cloud's site limit has ended; the configured %g A applies", self.plan.grid.max_current_a)
+            self._limit_until = None
+            self._save_site_limit(None)
 
     # -- what it shows ----------------------------------------------------------------------------
 
@@ -209,6 +294,7 @@ class LoadManagementLoop:
     async def _control_loop(self) -> None:
         while True:
             self._wake.clear()
+            self._forget_expired_limit(self._clock())
             decision = self.controller.decide(self._clock())
             self.last_decision = decision
             await self._apply(decision)
@@ -224,7 +310,13 @@ class LoadManagementLoop:
 
     async def _apply(self, decision: Decision) -> None:
         if decision.lowering:
-            await asyncio.gather(*(self._write(step) for step in decision.lowering))
+            # Until the loop has written a charger (after a restart) its offer is unknown: a step
+            # down from the assumed maximum may be a raise, so it waits for the certain lowerings.
+            certain = [s for s in decision.lowering if s.to_a == 0 or s.evse_id in self._enabled]
+            unknown = [s for s in decision.lowering if s not in certain]
+            for steps in (certain, unknown):
+                if steps:
+                    await asyncio.gather(*(self._write(step) for step in steps))
             if decision.cause is not None and decision.cause_at is not None:
                 reaction = Reaction(decision.cause, decision.cause_at, decision.at, self._clock())
                 self.reactions.add(reaction)
@@ -316,3 +408,7 @@ class LoadManagementLoop:
                     failed = 0
                     self.charger_reading(evse_id, reading)
             await asyncio.sleep(max(0.0, self._poll_interval_s - (self._clock() - started)))
+
+
+def _rfc3339(at: datetime) -> str:
+    return at.astimezone(UTC).isoformat().replace("+00:00", "Z")

@@ -2,15 +2,23 @@
 
 parse_tariff validates a Tariff object. price_session prices a gateway session from its meter
 samples (totals, a breakdown per dimension, and the charging periods as priced); RunningCost and
-running_cost give a running session's price if it ended now. Underneath, periods_from_samples
-turns meter samples into charging periods and price_periods prices them (price_cdr does the same
-from an OCPI CDR). Pure: no I/O, no clock, no floats except in the JSON renderings.
+running_cost give a running session's price if it ended now; unpriced_session stands in for a
+session whose tariff cannot price it. Underneath, periods_from_samples turns meter samples into
+charging periods and price_periods prices them (price_cdr does the same from an OCPI CDR).
+Pure: no I/O, no clock, no floats except in the JSON renderings.
 """
 from __future__ import annotations
 
 from ._periods import MeterSample, periods_from_samples
 from ._pricer import ChargingPeriod, Cost, DimensionCost, money_json, price_cdr, price_periods
-from ._session import RunningCost, SessionPrice, price_session, running_cost, tariff_in_list
+from ._session import (
+    RunningCost,
+    SessionPrice,
+    price_session,
+    running_cost,
+    tariff_in_list,
+    unpriced_session,
+)
 from ._tariff import (
     Price,
     PriceComponent,
@@ -44,4 +52,5 @@ __all__ = [
     "price_session",
     "running_cost",
     "tariff_in_list",
+    "unpriced_session",
 ]

@@ -53,6 +53,8 @@ _STEP_RESOLUTION = Decimal("1e-6")
 _JSON_RESOLUTION = Decimal("0.0001")
 _STEP_UNITS = {TariffDimension.ENERGY: Decimal(1000), TariffDimension.TIME: Decimal(3600),
                TariffDimension.PARKING_TIME: Decimal(3600)}
+# kWh, hours, A or kW of one CDR period: far above any real one, low enough for exact Decimal.
+MAX_CDR_VOLUME = 1_000_000
 _CDR_DIMENSIONS = {"ENERGY": "energy_kwh", "TIME": "charging_h", "PARKING_TIME": "parking_h",
                    "MIN_CURRENT": "min_current_a", "MAX_CURRENT": "max_current_a",
                    "MIN_POWER": "min_power_kw", "MAX_POWER": "max_power_kw"}
@@ -527,8 +529,8 @@ def _cdr_period(raw: Any, path: str) -> ChargingPeriod:
         if kind not in _CDR_DIMENSIONS:
             continue  # RESERVATION_TIME, STATE_OF_CHARGE, ...: nothing the pricer reads
         volume = decimal_from_json(dimension.get("volume"))
-        if volume is None or volume < 0:
-            raise ValueError(f"{where}.volume: must be a number >= 0")
+        if volume is None or not 0 <= volume <= MAX_CDR_VOLUME:
+            raise ValueError(f"{where}.volume: must be a number from 0 to {MAX_CDR_VOLUME:,}")
         name = _CDR_DIMENSIONS[kind]
         if name in values:
             raise ValueError(f"{where}: {kind} appears twice")

@@ -34,7 +34,8 @@ def tariff_in_list(tariff_list: Mapping[str, Any] | None, tariff_id: str | None)
 
 @dataclass(frozen=True)
 class SessionPrice:
-    """A priced session. cost is None for a free session (no tariff)."""
+    """A priced session. cost is None for a free session (no tariff) and for one that could not
+    be priced (pricing_error says why; see unpriced_session)."""
 
     tariff_id: str | None
     cost: Cost | None
@@ -42,6 +43,9 @@ class SessionPrice:
     """As priced: cut at every boundary a restriction of the tariff can depend on."""
     charging_s: int
     parking_s: int
+    pricing_error: str | None = None
+    currency: str | None = None
+    """Of an unpriced session: its tariff's currency, when that much of the tariff is readable."""
 
     @property
     def cost_json(self) -> dict[str, Any]:
@@ -51,13 +55,20 @@ class SessionPrice:
         min_price/max_price added (or took off) after the dimensions. Amounts are JSON numbers,
         4 decimals, half up, each rounded on its own: the totals are what the session costs."""
         if self.cost is None:
+            # Free: every amount 0. Unpriced: every amount null (unknown, not 0: nothing here may
+            # read as free charging), the tariff that failed and why.
+            amount = 0 if self.pricing_error is None else None
             energy_wh = sum((p.energy_kwh for p in self.periods), _ZERO) * 1000
             quantities = {"energy": energy_wh, "time": Decimal(self.charging_s),
                           "parking_time": Decimal(self.parking_s), "flat": _ZERO}
-            out: dict[str, Any] = {"currency": None, "excl_vat": 0, "incl_vat": 0, "tariff_id": None}
+            out: dict[str, Any] = {"currency": self.currency, "excl_vat": amount, "incl_vat": amount,
+                                   "tariff_id": self.tariff_id if self.pricing_error is not None else None}
+            if self.pricing_error is not None:
+                out["pricing_error"] = self.pricing_error
             for name, quantity in quantities.items():
-                out[name] = {"quantity": _quantity_json(quantity), "unit": _UNITS[name], "excl_vat": 0, "incl_vat": 0}
-            out["min_max_adjustment"] = {"excl_vat": 0, "incl_vat": 0}
+                out[name] = {"quantity": _quantity_json(quantity), "unit": _UNITS[name],
+                             "excl_vat": amount, "incl_vat": amount}
+            out["min_max_adjustment"] = {"excl_vat": amount, "incl_vat": amount}
             return out
         cost = self.cost
         out = {**cost.to_json(), "tariff_id": self.tariff_id}
@@ -114,6 +125,16 @@ def price_session(tariff_obj: Mapping[str, Any] | None, tariff_id: str | None, s
         periods = tuple(s.as_period() for s in bill.slices or ()
                         if s.energy_kwh > 0 or s.charging_h > 0 or s.parking_h > 0)
         return SessionPrice(tariff_id or tariff.id, bill.cost(), periods, *_seconds(periods))
+
+
+def unpriced_session(samples: Sequence[MeterSample], tariff_id: str | None, *, tz: str, error: str,
+                     currency: str | None = None) -> SessionPrice:
+    """A session that could not be priced (its tariff is unusable or gone): its periods, charging
+    and parking time as for a free session, no cost, and the reason. Raises ValueError like
+    price_session for no samples or an unknown zone."""
+    free = price_session(None, None, samples, tz=tz)
+    return SessionPrice(tariff_id, None, free.periods, free.charging_s, free.parking_s,
+                        pricing_error=error, currency=currency)
 
 
 class RunningCost:

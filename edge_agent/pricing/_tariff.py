@@ -33,6 +33,12 @@ _RESERVATION_TYPES = frozenset({"RESERVATION", "RESERVATION_EXPIRES"})
 _HH_MM = re.compile(r"([01][0-9]|2[0-3]):([0-5][0-9])")
 _DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
+# Ceilings that keep every session's amounts exact in Decimal and in the JSON numbers of the
+# contract (a float holds 15 significant digits: up to about 10**10 with 4 decimals). A million
+# per kWh, per hour or per session covers every currency in use (VND, IDR and KRW included).
+MAX_PRICE = 1_000_000
+MAX_STEP_SIZE = 1_000_000  # Wh (1,000 kWh) or seconds (11.5 days)
+MAX_DURATION_S = 10 * 366 * 86_400  # min_duration/max_duration: ten years
 
 
 @dataclass(frozen=True)
@@ -156,11 +162,13 @@ def _component(value: Any, path: str) -> PriceComponent:
     kind = _required(component, "type", path, _string)
     if kind not in TariffDimension.__members__:
         raise TariffError(f"{path}.type: must be one of ENERGY, FLAT, PARKING_TIME, TIME")
-    step_size = _required(component, "step_size", path, _step_size)
+    dimension = TariffDimension(kind)
+    step_size = _required(component, "step_size", path,
+                          _flat_step_size if dimension is TariffDimension.FLAT else _step_size)
     return PriceComponent(
-        type=TariffDimension(kind),
-        price=_required(component, "price", path, _amount),
-        vat=_optional(component, "vat", path, _amount),
+        type=dimension,
+        price=_required(component, "price", path, _money),
+        vat=_optional(component, "vat", path, _vat),
         step_size=step_size,
     )
 
@@ -194,8 +202,8 @@ def _restrictions(value: Any, path: str) -> TariffRestrictions:
 
 def _price_limit(value: Any, path: str) -> Price:
     limit = _object(value, path)
-    return Price(excl_vat=_required(limit, "excl_vat", path, _amount),
-                 incl_vat=_optional(limit, "incl_vat", path, _amount))
+    return Price(excl_vat=_required(limit, "excl_vat", path, _money),
+                 incl_vat=_optional(limit, "incl_vat", path, _money))
 
 
 # -- field readers: each takes (value, path) and raises TariffError naming the path ---------------
@@ -254,17 +262,45 @@ def _amount(value: Any, path: str) -> Decimal:
     return number
 
 
-def _step_size(value: Any, path: str) -> int:
+def _money(value: Any, path: str) -> Decimal:
     number = decimal_from_json(value)
-    if number is None or number < 1 or number != number.to_integral_value():
-        raise TariffError(f"{path}: must be an integer >= 1")
-    return int(number)
+    if number is None or not 0 <= number <= MAX_PRICE:
+        raise TariffError(f"{path}: must be a number from 0 to {MAX_PRICE:,}")
+    return number
+
+
+def _vat(value: Any, path: str) -> Decimal:
+    number = decimal_from_json(value)
+    if number is None or not 0 <= number <= 100:
+        raise TariffError(f"{path}: must be a percentage from 0 to 100")
+    return number
+
+
+def _whole(value: Any) -> int | None:
+    """A JSON integer as int; a float (1.0 included) or a boolean is not one."""
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _step_size(value: Any, path: str) -> int:
+    number = _whole(value)
+    if number is None or not 1 <= number <= MAX_STEP_SIZE:
+        raise TariffError(f"{path}: must be an integer from 1 to {MAX_STEP_SIZE:,}")
+    return number
+
+
+def _flat_step_size(value: Any, path: str) -> int:
+    """FLAT has no step; OCPI's own examples and real CDRs give it 0 (or 1)."""
+    number = _whole(value)
+    if number is None or not 0 <= number <= MAX_STEP_SIZE:
+        raise TariffError(f"{path}: must be an integer from 0 to {MAX_STEP_SIZE:,}")
+    return number
 
 
 def _seconds(value: Any, path: str) -> int:
     number = decimal_from_json(value)
-    if number is None or number < 0 or number != number.to_integral_value():
-        raise TariffError(f"{path}: must be an integer number of seconds >= 0")
+    if (number is None or not 0 <= number <= MAX_DURATION_S
+            or number != number.to_integral_value()):
+        raise TariffError(f"{path}: must be a whole number of seconds from 0 to {MAX_DURATION_S:,}")
     return int(number)
 
 
@@ -290,11 +326,11 @@ def parse_ocpi_datetime(value: Any) -> datetime | None:
         return None
     try:
         parsed = datetime.fromisoformat(value)
-    except ValueError:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=UTC)
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # OverflowError: an offset that moves it past year 9999 or 1
         return None
-    if parsed.tzinfo is None:
-        return parsed.replace(tzinfo=UTC)
-    return parsed.astimezone(UTC)
 
 
 def _datetime(value: Any, path: str) -> datetime:

@@ -49,6 +49,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE sessions ADD COLUMN energy_offset_wh INTEGER NOT NULL DEFAULT 0;
     CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 3: a lasting implausible counter jump is not billed; the session keeps how much and why
+    """
+    ALTER TABLE sessions ADD COLUMN unbilled_wh INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE sessions ADD COLUMN unbilled_reason TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -73,6 +73,8 @@ class SessionRecord:
     reason: str | None = None
     cost: str | None = None
     energy_offset_wh: int = 0  # added to the charger's register after a counter reset
+    unbilled_wh: int = 0  # counted by the charger, not billed: lasting implausible jumps
+    unbilled_reason: str | None = None
 
     def started_event_data(self) -> dict[str, Any]:
         return {
@@ -277,8 +279,9 @@ class Store:
                  "current_a": json.loads(r[3]) if r[3] else None, "charging": bool(r[4])} for r in rows]
 
     def end_session(self, session_id: str, *, ended: dict[str, Any], event_data: dict[str, Any],
-                    ts: str, offline: bool) -> Envelope:
-        """Closes the session and queues session_ended in one transaction; ends it only once."""
+                    ts: str, offline: bool, then: Sequence[tuple[str, dict[str, Any]]] = ()) -> Envelope:
+        """Closes the session and queues session_ended in one transaction; ends it only once.
+        `then`: events (type, data) queued after it in the same transaction."""
         with self.transaction():
             status = self.db.execute("SELECT status FROM sessions WHERE id = ?", [session_id]).fetchone()
             if status is None or status[0] != "active":
@@ -286,10 +289,22 @@ class Store:
             columns = ", ".join(f'"{k}" = ?' for k in ended)
             self.db.execute(f"UPDATE sessions SET status = 'ended', {columns} WHERE id = ?",
                             [*ended.values(), session_id])
-            return self._append_event("session_ended", event_data, ts=ts, offline=offline)
+            envelope = self._append_event("session_ended", event_data, ts=ts, offline=offline)
+            for type_, data in then:
+                self._append_event(type_, data, ts=ts, offline=offline)
+            return envelope
 
     def set_energy_offset(self, session_id: str, offset_wh: int) -> None:
         self.db.execute("UPDATE sessions SET energy_offset_wh = ? WHERE id = ?", [offset_wh, session_id])
+
+    def set_unbilled_energy(self, session_id: str, *, offset_wh: int, unbilled_wh: int, reason: str | None,
+                            fault: dict[str, Any], ts: str, offline: bool) -> Envelope:
+        """A jump not billed: the session's new offset, its un-billed total and the evse_fault that
+        names it, in one transaction (billed + un-billed stays the register difference after a crash)."""
+        with self.transaction():
+            self.db.execute("UPDATE sessions SET energy_offset_wh = ?, unbilled_wh = ?, unbilled_reason = ? "
+                            "WHERE id = ?", [offset_wh, unbilled_wh, reason, session_id])
+            return self._append_event("evse_fault", fault, ts=ts, offline=offline)
 
     def last_sample(self, session_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT ts, energy_wh FROM samples WHERE session_id = ? ORDER BY rowid DESC "
@@ -325,13 +340,17 @@ class Store:
 
     def sessions(self, *, where: str = "1", params: Sequence[Any] = (), limit: int | None = None
                  ) -> list[SessionRecord]:
-        cols = ", ".join(f'"{c}"' for c in _SESSION_COLUMNS)
+        # A read-only look at a database of an older schema (not migrated): its missing columns
+        # take their defaults.
+        present = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)").fetchall()}
+        names = [c for c in _SESSION_COLUMNS if c in present]
+        cols = ", ".join(f'"{c}"' for c in names)
         sql = f"SELECT {cols} FROM sessions WHERE {where} ORDER BY started_at"
         if limit:
             sql += f" LIMIT {int(limit)}"
         out = []
         for row in self.db.execute(sql, list(params)).fetchall():
-            values = dict(zip(_SESSION_COLUMNS, row))
+            values = dict(zip(names, row))
             values["offline_start"] = bool(values["offline_start"])
             values["clock_synced"] = bool(values["clock_synced"])
             out.append(SessionRecord(**values))
