@@ -228,8 +228,22 @@ class EvseSessionMachine:
         if self.session is None:
             return reading
         actions: list[Action] = []
-        corrected = self._session_energy(self.session, reading, now, at or utc_now(), actions)
-        if corrected.measurement.energy_wh is None and self.session.last_energy_wh is not None:
+        session = self.session
+        corrected = self._session_energy(session, reading, now, at or utc_now(), actions)
+        raw = reading.measurement.energy_wh
+        held_back = (corrected.measurement.energy_wh is None and raw is not None and session.implausible_readings
+                     and session.last_energy_wh is not None)
+        jump = raw + session.energy_offset_wh - session.last_energy_wh if held_back else 0  # type: ignore[operator]
+        if jump > 0:
+            # The session ends while a jump is still held back: not billed either, but counted, so
+            # that billed + unbilled is the register's difference.
+            session.unbilled_wh += jump
+            session.unbilled_reason = _joined(session.unbilled_reason, (
+                f"counter jumped by {jump} Wh at {rfc3339(session.implausible_since or at or utc_now())}, faster "
+                f"than {self.max_plausible_w / 1000:g} kW (sessions.max_plausible_power_kw), unconfirmed when "
+                "the session ended; not billed"))
+            session.implausible_readings = 0
+        if corrected.measurement.energy_wh is None and session.last_energy_wh is not None:
             return replace(corrected, measurement=replace(corrected.measurement,
                                                           energy_wh=self.session.last_energy_wh))
         return corrected

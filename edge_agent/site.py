@@ -249,8 +249,9 @@ class Site:
                     last["ts"] if last else record.started_at)).total_seconds()))
             if record.unbilled_wh:  # its evse_fault was raised with the jump and stands until the end
                 evse.energy_anomaly = f"EVSE {evse.evse_id} energy counter: {record.unbilled_reason}"
-            if self.load is not None:
-                self.load.session_started(record.evse_id)
+            if self.load is not None:  # not a new arrival: it keeps its share and its place
+                self.load.session_resumed(record.evse_id, started_s_ago=(
+                    utc_now() - parse_rfc3339(record.started_at)).total_seconds())
             log.info("session %s on EVSE %s was running when the agent stopped; "
                      "the charger's next reading decides whether it goes on", record.id, record.evse_id)
 
@@ -333,6 +334,8 @@ class Site:
                     log.error("EVSE %s: %s may not charge: the session cannot be recorded", evse.evse_id,
                               action.decision.summary)
             elif isinstance(action, Offer):
+                if action.reassert and self.load is not None and not self.load.has_offered(evse.evse_id):
+                    continue  # after a restart: load management has told it nothing yet (its first write follows)
                 if action.reassert:
                     log.warning("EVSE %s: the charger offers %s A, not the %s A it was told (a reboot?); "
                                 "setting it up again", evse.evse_id,
@@ -513,7 +516,7 @@ class Site:
         """Prices with the tariff list version in force when the session started (the store keeps
         it while the session runs), whatever list arrived since. Never raises: ending a session
         never depends on pricing it. A session its tariff cannot price (gone, unreadable, amounts
-        out of range) ends unpriced: cost amounts null and pricing_error saying why."""
+        out of range) ends unpriced: cost amounts 0 and pricing_error saying why."""
         tariff_obj: Any = None
         try:
             if record.tariff_id is not None and record.tariffs_version is not None:

@@ -74,6 +74,18 @@ def test_a_jump_confirmed_by_the_stop_reading_is_in_the_session_too():
     assert stop.measurement.energy_wh == 5010 and m.session.unbilled_wh == 80_000 - 5010
 
 
+def test_a_jump_still_held_back_when_the_session_ends_is_counted_as_unbilled():
+    m = charging_machine(5000)
+    m.on_reading(reading("C", 5010), now=2, at=AT)
+    m.on_reading(reading("C", 80_000), now=4, at=AT)  # held back, unconfirmed
+    stop = m.corrected(reading("B", 80_000), now=6)  # the stop reading: held back too
+    assert stop.measurement.energy_wh == 5010
+    assert m.session.unbilled_wh == 80_000 - 5010
+    assert "unconfirmed when the session ended" in m.session.unbilled_reason
+    # billed + un-billed = the register's difference
+    assert (stop.measurement.energy_wh - 5000) + m.session.unbilled_wh == 80_000 - 5000
+
+
 def test_spikes_that_come_back_unbill_nothing():
     m = charging_machine(5000)
     m.on_reading(reading("C", 5010), now=2, at=AT)

@@ -128,6 +128,8 @@ def test_gateway_armed_timeout_is_read_back_and_fail_safe_follows_the_session(
             await cp.set_max_current(16)
             await cp.enable(True)
             assert sim.register(131) == 10
+            # The share after the setpoint: the car charges sooner; a gateway dying in between leaves 0.
+            assert [(r, v) for _, r, v in sim.writes if r in (131, 1000)][-2:] == [(1000, 16), (131, 10)]
             await cp.enable(False)
             assert sim.register(131) == 0 and sim.register(1000) == 0
             # 0 A fail-safe before the stop: no moment in which a timeout gives current without a session.

@@ -470,6 +470,34 @@ def test_a_charger_found_offering_more_than_commanded_is_counted_and_rewritten()
     assert [s.evse_id for s in c.decide(5.6).lowering] == ["1"]  # (to 7 A: it also gives back what it leaves)
 
 
+def test_sessions_resumed_after_a_restart_keep_charging_and_share_fairly() -> None:
+    """Charging at 6 A each on a 12 A cloud limit when the agent was killed: after the restart
+    neither is a new arrival that waits for 6 A plus the resume margin, and nothing is written
+    before a charger's first reading says what it offers."""
+    tree = site_tree(2, max_a=30)
+    c = controller(tree, meter=False)
+    c.set_site_limit(12, at=0.0)
+    c.session_resumed("1", at=0.0, arrived=-300.0)
+    c.session_resumed("2", at=0.0, arrived=-600.0)  # 2 started first
+    d = c.decide(0.1)
+    assert d.allocation.offers == {"1": 6, "2": 6} and d.allocation.running == ("2", "1")
+    assert not d.lowering and not d.raising and not d.allocation.waiting
+    # 1 is in its fail-safe (12 A); 2's fail-safe stopped it: it must not stay paused.
+    assert c.evse_reading("1", at=0.2, state="C", currents_a=[12, 12, 12], offered_a=12)
+    assert c.evse_reading("2", at=0.2, state="B", currents_a=[0, 0, 0], offered_a=0)
+    d = c.decide(0.3)
+    assert d.allocation.offers == {"1": 6, "2": 6} and not d.allocation.waiting
+    assert [(s.evse_id, s.from_a, s.to_a) for s in d.lowering] == [("1", 12, 6)]
+    assert not d.raising and [(s.evse_id, s.from_a, s.to_a) for s in d.deferred] == [("2", 0, 6)]
+    c.offer_written("1", 6, at=0.4)
+    c.evse_reading("1", at=0.6, state="C", currents_a=[6, 6, 6], offered_a=6)  # the car followed
+    d = c.decide(0.7)
+    assert [(s.evse_id, s.from_a, s.to_a) for s in d.raising] == [("2", 0, 6)] and not d.lowering
+    c.offer_written("2", 6, at=0.7)
+    assert c.counted() == {"1": 6, "2": 6}
+    assert c.decide(20.0).allocation.offers == {"1": 6, "2": 6}
+
+
 def test_bad_trees_are_named() -> None:
     with pytest.raises(TreeError, match="EVSE x: phases must be 1 or 3"):
         EvseLink(evse_id="x", phases=2)

@@ -1,6 +1,7 @@
 """The cloud's set_site_limit survives a restart until its `until`, on real parts: mosquitto, a
 Bender on Modbus TCP and a Heidelberg on Modbus RTU (socat pty) sharing a 24 A site, and the agent
 as its own process, SIGKILLed in the middle of the lowered limit."""
+import math
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -46,13 +47,16 @@ def test_a_lowered_site_limit_holds_across_a_sigkill_and_lifts_at_its_until(tmp_
         assert site.wait(lambda: one.setpoint_a == 6 and two.setpoint_a == 6, 15), site.agent_log_tail()
 
         site.kill_agent()
-        worst = {"sum": 0.0}
+        worst = {"sum": 0.0, "1": math.inf, "2": math.inf}
         stop = threading.Event()
 
-        def watch() -> None:  # what the fuse sees from the restart on (the chargers' own fail-safe aside)
+        def watch() -> None:  # what the fuse and the cars see from the restart on (the fail-safe aside)
             while not stop.is_set() and time.monotonic() < until_mono:
                 if not (one.failsafe_active or two.failsafe_active):
-                    worst["sum"] = max(worst["sum"], one.setpoint_a + two.setpoint_a)
+                    offers = {"1": one.setpoint_a, "2": two.setpoint_a}
+                    worst["sum"] = max(worst["sum"], sum(offers.values()))
+                    for evse_id, amps in offers.items():
+                        worst[evse_id] = min(worst[evse_id], amps)
                 time.sleep(0.01)
 
         watcher = threading.Thread(target=watch, daemon=True)
@@ -64,12 +68,18 @@ def test_a_lowered_site_limit_holds_across_a_sigkill_and_lifts_at_its_until(tmp_
                 site.agent_log_tail()
             assert limit_state(site)["max_current_a"] == 12
             assert limit_state(site)["limit_until"] == until.isoformat().replace("+00:00", "Z")
-            assert one.state == "C" and two.state == "C", site.agent_log_tail()  # both sessions resumed
+            # Both sessions resumed where they were: charging, 6 A each, neither paused as a new arrival.
+            assert site.cloud.wait_for(lambda: limit_state(site).get("allocated_a") == {"1": 6, "2": 6}
+                                       and limit_state(site).get("waiting") == [], 15), limit_state(site)
+            assert site.wait(lambda: one.state == "C" and two.state == "C" and one.setpoint_a == 6
+                             and two.setpoint_a == 6 and not (one.failsafe_active or two.failsafe_active), 15), \
+                site.agent_log_tail()
             watcher.join(max(0.0, until_mono - time.monotonic()) + 1)
         finally:
             stop.set()
             watcher.join()
         assert worst["sum"] <= 12.0, f"after the restart the chargers were offered {worst['sum']} A together"
+        assert worst["1"] >= 6 and worst["2"] >= 6, f"a resumed session was paused: {worst}"
 
         # At `until` the configured limit returns, and nothing is left on disk to restore.
         assert site.wait(lambda: one.setpoint_a == 12 and two.setpoint_a == 12, 20), site.agent_log_tail()

@@ -271,14 +271,18 @@ class ModbusCharger:
     async def enable(self, on: bool) -> None:
         """Off writes the stop value (or the pause trigger); on writes the last set current (the minimum if none was set yet).
 
-        Where the gateway sets the fail-safe current, it is written first: on, the share, so the
-        session keeps it if the gateway dies from then on; off, 0, before the stop, so there is no
-        moment in which a timeout would give current to a car without a session.
+        Where the gateway sets the fail-safe current: off writes 0 before the stop, so there is no
+        moment in which a timeout would give current to a car without a session; on writes the
+        share after the setpoint (the car charges sooner, and a gateway dying in between leaves 0).
         """
         self._enabled = on
         self._session_enabled = on
-        await self._write_failsafe_current()
-        await self._write_setpoint()
+        if on:
+            await self._write_setpoint()
+            await self._write_failsafe_current()
+        else:
+            await self._write_failsafe_current()
+            await self._write_setpoint()
 
     async def set_max_current(self, amps: float) -> None:
         """Clamp to min..max_current_a; below the minimum (6 A) means pause. Written only while enabled.
@@ -402,8 +406,7 @@ class ModbusCharger:
         if self._setup_recoveries is not None and self._setup_recoveries != self.device.recoveries:
             await self.setup()
             self._dirty = self._dirty or self._commanded
-        if self._failsafe_dirty:
-            await self._write_failsafe_current()
+        await self._write_failsafe_current()  # no I/O unless it failed or was not reached (a setpoint write failed)
         if self._dirty:
             await self._write_setpoint()
         keepalive = self.regmap.keepalive

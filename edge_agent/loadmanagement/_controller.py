@@ -94,6 +94,7 @@ class _Session:
     arrived: float
     priority: int | None
     max_current_a: float | None
+    resumed: bool = False  # running when the agent stopped (see session_resumed)
 
 
 @dataclass(slots=True)
@@ -106,6 +107,7 @@ class _Evse:
     written_at: float = -math.inf
     needs_write: bool = True
     reachable: bool = True
+    read: bool = False  # the charger answered a poll since the start
     draw: Currents | None = None  # site phases
     draw_at: float = -math.inf
     ceiling_a: float | None = None
@@ -147,6 +149,18 @@ class LoadController:
             evse.session.priority = priority
             evse.session.max_current_a = max_current_a
 
+    def session_resumed(self, evse_id: str, *, at: float, arrived: float) -> None:
+        """A session that was running when the agent stopped. It keeps its place (`arrived`, on this
+        clock) and counts as running, not as a new arrival, until load management has written its
+        charger; that first write waits for the charger's first reading (what it offers is unknown
+        until then: its last offer, its fail-safe current, or nothing)."""
+        evse = self._evse(evse_id)
+        if evse.session is not None:
+            return
+        evse.session = _Session(arrived=arrived, priority=None, max_current_a=None, resumed=True)
+        evse.waiting_since = evse.paused_at = evse.ceiling_a = None
+        self._note(f"session resumed on EVSE {evse_id}", at)
+
     def session_ended(self, evse_id: str, *, at: float, stopped: bool = False) -> None:
         """The session is over. `stopped`: the caller already wrote the stop (offer 0) itself."""
         evse = self._evse(evse_id)
@@ -157,6 +171,10 @@ class LoadController:
 
     def has_session(self, evse_id: str) -> bool:
         return self._evse(evse_id).session is not None
+
+    def offer_known(self, evse_id: str) -> bool:
+        """An offer was written since the start (until then only the charger's readback says what it offers)."""
+        return self._evse(evse_id).commanded_a is not None
 
     def site_meter_reading(self, currents_a: Sequence[float] | None, *, at: float,
                            power_w: float | None = None) -> None:
@@ -201,6 +219,9 @@ class LoadController:
         evse = self._evse(evse_id)
         link = self.tree.evse(evse_id)
         urgent = False
+        if not evse.read:
+            evse.read = True
+            urgent = evse.session is not None and evse.session.resumed and evse.commanded_a is None
         if not evse.reachable:
             evse.reachable = True
             evse.needs_write = True
@@ -351,14 +372,19 @@ class LoadController:
         self._last_headroom = headroom
         pinned = {e: s.counted_a for e, s in self._evses.items() if not s.reachable}
         demands = []
+        offered: dict[str, float] = {}
         for evse_id, evse in self._evses.items():
             if evse.session is None:
                 continue
+            offered[evse_id] = evse.commanded_a or 0.0
+            if evse.commanded_a is None and evse.session.resumed:
+                # Charging before the restart: it goes on (even if its fail-safe stopped it meanwhile).
+                offered[evse_id] = max(evse.counted_a, self.tree.evse(evse_id).range.min_a)
             may_start = evse.paused_at is None or now - evse.paused_at >= self.settings.min_pause_s
             demands.append(Demand(
                 evse_id=evse_id, arrived=evse.session.arrived, priority=evse.session.priority,
                 max_current_a=evse.session.max_current_a, ceiling_a=evse.ceiling_a,
-                offered_a=evse.commanded_a or 0.0, waiting_since=evse.waiting_since, may_start=may_start))
+                offered_a=offered[evse_id], waiting_since=evse.waiting_since, may_start=may_start))
         allocation = allocate(self.tree, demands, headroom, pinned=pinned,
                               resume_margin_a=self.settings.resume_margin_a)
         for evse_id in allocation.running:
@@ -368,7 +394,7 @@ class LoadController:
             evse = self._evses[evse_id]
             assert evse.session is not None
             if evse.waiting_since is None:
-                was_running = (evse.commanded_a or 0.0) > 0
+                was_running = offered[evse_id] > 0
                 evse.waiting_since = now if was_running else evse.session.arrived
                 if was_running:
                     evse.paused_at = now
@@ -379,10 +405,18 @@ class LoadController:
             if not evse.reachable:
                 continue
             current = evse.commanded_a
-            if current is None or target < current - EPS or (evse.needs_write and target <= evse.counted_a + EPS):
-                lowering.append(Step(evse_id, evse.counted_a if current is None else current, target))
-            elif target > current + EPS or evse.needs_write:
-                raising.append(Step(evse_id, current, target))
+            if current is None and evse.session is not None and evse.session.resumed and not evse.read \
+                    and target > 0:
+                deferred.append(Step(evse_id, evse.counted_a, target))  # from what? its first reading says
+                continue
+            # Never written since the start: it offers at most what it is counted at (the charger's own
+            # readback once it was read); going above that is a raise.
+            start = evse.counted_a if current is None else current
+            if target < start - EPS or (current is None and target <= start + EPS) \
+                    or (evse.needs_write and target <= evse.counted_a + EPS):
+                lowering.append(Step(evse_id, start, target))
+            elif target > start + EPS or evse.needs_write:
+                raising.append(Step(evse_id, start, target))
         lowering.sort(key=lambda s: (-(s.from_a - s.to_a), s.evse_id))
         raising.sort(key=lambda s: (s.to_a - s.from_a, s.evse_id))
         # A raise goes out now only if it fits with everything counted as it is (unconfirmed lowerings

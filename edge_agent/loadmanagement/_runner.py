@@ -143,12 +143,22 @@ class LoadManagementLoop:
         self.controller.session_started(evse_id, at=self._clock(), priority=priority, max_current_a=max_current_a)
         self._wake.set()
 
+    def session_resumed(self, evse_id: str, *, started_s_ago: float) -> None:
+        """A session that was running when the agent stopped (see LoadController.session_resumed)."""
+        now = self._clock()
+        self.controller.session_resumed(evse_id, at=now, arrived=now - max(0.0, started_s_ago))
+        self._wake.set()
+
     def session_ended(self, evse_id: str, *, stopped: bool = False) -> None:
         """`stopped`: the caller has already disabled the charger (Site does, with enable(False))."""
         self.controller.session_ended(evse_id, at=self._clock(), stopped=stopped)
         if stopped:
             self._enabled[evse_id] = False
         self._wake.set()
+
+    def has_offered(self, evse_id: str) -> bool:
+        """This charger was written an offer since the start."""
+        return self.controller.offer_known(evse_id)
 
     def charger_reading(self, evse_id: str, reading: ChargerReading, *, at: float | None = None) -> None:
         """A successful poll; call it with the EVSE's lock held, right after the poll."""

@@ -55,9 +55,10 @@ class SessionPrice:
         min_price/max_price added (or took off) after the dimensions. Amounts are JSON numbers,
         4 decimals, half up, each rounded on its own: the totals are what the session costs."""
         if self.cost is None:
-            # Free: every amount 0. Unpriced: every amount null (unknown, not 0: nothing here may
-            # read as free charging), the tariff that failed and why.
-            amount = 0 if self.pricing_error is None else None
+            # Free: every amount 0. Unpriced: 0 too, since the contract's money is always a number
+            # (a null would get the whole event rejected, the session lost to billing), with the
+            # tariff that failed and pricing_error saying why: the backend prices it itself.
+            amount = 0
             energy_wh = sum((p.energy_kwh for p in self.periods), _ZERO) * 1000
             quantities = {"energy": energy_wh, "time": Decimal(self.charging_s),
                           "parking_time": Decimal(self.parking_s), "flat": _ZERO}
