@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -92,7 +92,7 @@ class Result:
     notes: list[str] = field(default_factory=list)
     settings: dict[str, Any] = field(default_factory=dict)
     raw: dict[str, Any] = field(default_factory=dict)
-    started_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    started_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     seconds: float = 0.0
 
     def add(self, *args: Any, **kwargs: Any) -> Row:
@@ -199,8 +199,8 @@ def machine() -> dict[str, str]:
     if Path("/etc/os-release").exists():
         fields = dict(line.split("=", 1) for line in Path("/etc/os-release").read_text().splitlines() if "=" in line)
         os_name = fields.get("PRETTY_NAME", os_name).strip('"')
-    import pymodbus
     import paho.mqtt
+    import pymodbus
 
     return {
         "cpu": cpu,
@@ -236,9 +236,9 @@ def _disk_of(path: Path) -> str:
     best = ("", "", "")
     for line in Path("/proc/mounts").read_text().splitlines():
         device, mount, fstype = line.split()[:3]
-        if str(path.resolve()).startswith(mount.rstrip("/") + "/") or mount == "/":
-            if len(mount) >= len(best[1]):
-                best = (device, mount, fstype)
+        under = str(path.resolve()).startswith(mount.rstrip("/") + "/") or mount == "/"
+        if under and len(mount) >= len(best[1]):
+            best = (device, mount, fstype)
     return f"{best[2]} on {best[0]} (mounted at {best[1]})"
 
 

@@ -14,7 +14,8 @@ import paho.mqtt.client as mqtt
 
 
 def main(host: str, port: int, topic: str, path: str) -> float:
-    bodies = [line.rstrip(b"\n") for line in open(path, "rb")]
+    with open(path, "rb") as f:
+        bodies = [line.rstrip(b"\n") for line in f]
     done = threading.Event()
     acked = 0
 

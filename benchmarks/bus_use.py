@@ -20,6 +20,7 @@ Three runs:
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import shutil
 import signal
@@ -78,7 +79,7 @@ class Traffic:
 
 
 def traffic(trace: Sequence[tuple[float, str, int]], polls: int) -> Traffic:
-    pairs = [(a[2], b[2]) for a, b in zip(trace, trace[1:]) if a[1] == "to_device" and b[1] == "to_agent"]
+    pairs = [(a[2], b[2]) for a, b in itertools.pairwise(trace) if a[1] == "to_device" and b[1] == "to_agent"]
     requests = sum(1 for t in trace if t[1] == "to_device")
     chars = sum(t[2] for t in trace)
     if not polls or not pairs:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 from . import _common as c
@@ -25,7 +25,7 @@ def machine_path() -> Path:
 
 def save_machine() -> dict[str, str]:
     info = c.machine()
-    info["date"] = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    info["date"] = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     machine_path().write_text(json.dumps(info, indent=2), encoding="utf-8")
     return info
 

@@ -80,7 +80,7 @@ def idle_and_user_list(work: Path, *, windows: int, seconds: float, runs: int) -
             states = len(cloud.state_history)
             site.start_agent()
             assert site.agent is not None
-            if not cloud.wait_for(lambda: any(s.get("tariffs_version") == 1 for s in cloud.state_history[states:]), 20):
+            if not cloud.wait_for(lambda states=states: any(s.get("tariffs_version") == 1 for s in cloud.state_history[states:]), 20):
                 raise c.BenchError(f"the agent did not come up:\n{site.agent_log_tail()}")
             time.sleep(1)
             stats = c.ProcStats(site.agent.pid)
@@ -89,7 +89,7 @@ def idle_and_user_list(work: Path, *, windows: int, seconds: float, runs: int) -
                 line = f"user list version {version} applied"
                 cloud.publish_users(version, people)
                 cpu0, published = stats.cpu_s(), time.monotonic()
-                if not c.wait_until(lambda: line in site.agent_log.read_text(errors="replace"), 120, 0.01):
+                if not c.wait_until(lambda line=line: line in site.agent_log.read_text(errors="replace"), 120, 0.01):
                     raise c.BenchError(f"{line!r} not logged in 120 s:\n{site.agent_log_tail()}")
                 out[f"{key}_s"].append(time.monotonic() - published)
                 out[f"{key}_hwm"].append(float(stats.hwm_kib()))

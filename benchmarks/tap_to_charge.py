@@ -146,7 +146,7 @@ def run(result: c.Result, args: argparse.Namespace) -> None:
         if not site.cloud.wait_for(lambda: (site.cloud.state or {}).get("users_version") == 1, 30):
             raise c.BenchError(f"the agent did not come up online:\n{site.agent_log_tail()}")
         for evse in ("1", "2"):
-            c.wait_until(lambda: len(site.chargers[evse].writes) > 0, 10)
+            c.wait_until(lambda evse=evse: len(site.chargers[evse].writes) > 0, 10)
         time.sleep(0.5)
         tokens = iter(sample_tokens(2 * taps + 3 * extra))
         garage = Garage(site, tokens)

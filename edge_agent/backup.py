@@ -13,7 +13,6 @@ import io
 import json
 import os
 import shutil
-import sqlite3
 import tarfile
 import tempfile
 import time
@@ -26,8 +25,7 @@ from typing import Any
 from . import __version__
 from .clock import rfc3339, utc_now
 from .config import SiteConfig
-from .store import SCHEMA_VERSION, Store
-from .store._store import DB_FILE
+from .store import DB_FILE, SCHEMA_VERSION, Store, check_file, fold_wal
 
 __all__ = ["ArchiveError", "ExportResult", "ImportRefused", "ImportResult", "SchemaTooNewError",
            "export_state", "import_state", "read_manifest"]
@@ -82,16 +80,10 @@ def _secret_files(config: SiteConfig) -> dict[str, Path]:
 
 
 def _counts(db_path: Path) -> dict[str, int]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        one = lambda sql: int(conn.execute(sql).fetchone()[0])  # noqa: E731
-        return {"sessions": one("SELECT count(*) FROM sessions"),
-                "active_sessions": one("SELECT count(*) FROM sessions WHERE status = 'active'"),
-                "outbox_pending": one("SELECT count(*) FROM outbox"),
-                "users": one("SELECT count(*) FROM users"),
-                "last_seq": one("SELECT coalesce(max(value), 0) FROM counters WHERE name = 'seq'")}
-    finally:
-        conn.close()
+    with Store(db_path.parent, read_only=True) as store:
+        return {"sessions": store.session_count(), "active_sessions": store.session_count(active=True),
+                "outbox_pending": store.outbox_pending(), "users": store.user_count(),
+                "last_seq": store.counter("seq")}
 
 
 def export_state(config: SiteConfig, *, out: Path, data_dir: Path | None = None,
@@ -105,14 +97,9 @@ def export_state(config: SiteConfig, *, out: Path, data_dir: Path | None = None,
     config_bytes = Path(config.path).read_bytes()
     with tempfile.TemporaryDirectory(prefix="edge-agent-export-") as tmp:
         snapshot = Path(tmp) / DB_FILE
-        with Store(data_dir, read_only=True) as store:
-            store.db.execute("PRAGMA busy_timeout = 500")
+        with Store(data_dir, read_only=True, busy_timeout_ms=500) as store:
             schema = store.backup_to(snapshot)
-        check = sqlite3.connect(snapshot)
-        try:
-            verdict = check.execute("PRAGMA integrity_check").fetchone()[0]
-        finally:
-            check.close()
+        verdict, _ = check_file(snapshot)
         if verdict != "ok":
             raise ArchiveError(f"the database snapshot fails its integrity check: {verdict}")
         members: dict[str, bytes] = {DB_MEMBER: snapshot.read_bytes(), CONFIG_MEMBER: config_bytes}
@@ -144,7 +131,7 @@ def export_state(config: SiteConfig, *, out: Path, data_dir: Path | None = None,
 def _open_archive(path: Path) -> Iterator[tuple[dict[str, Any], dict[str, bytes]]]:
     """The manifest and every file it lists, checked against their sha256; nothing else is read."""
     try:
-        tar = tarfile.open(path, mode="r:gz")
+        tar = tarfile.open(path, mode="r:gz")  # noqa: SIM115 - closed by the `with tar:` below
     except (OSError, tarfile.TarError) as exc:
         raise ArchiveError(f"{path}: not a readable edge-agent backup ({exc})") from None
     with tar:
@@ -186,25 +173,13 @@ def read_manifest(path: Path) -> dict[str, Any]:
 def _holds_data(db_path: Path) -> bool:
     if not db_path.exists():
         return False
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    try:
-        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-        for table in ("sessions", "outbox", "users", "tariff_lists"):
-            if table in tables and conn.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone():
-                return True
-        return False
-    finally:
-        conn.close()
+    with Store(db_path.parent, read_only=True) as store:
+        return store.holds_data()
 
 
 def _set_aside(db_path: Path) -> Path:
     """Folds the WAL into the database file, then renames it: billing data is never deleted."""
-    conn = sqlite3.connect(db_path, isolation_level=None)
-    try:
-        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-        conn.execute("PRAGMA journal_mode = DELETE")
-    finally:
-        conn.close()
+    fold_wal(db_path)
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     kept = db_path.with_name(f"{db_path.name}.before-import-{stamp}")
     os.replace(db_path, kept)
@@ -266,12 +241,7 @@ def import_state(archive: Path, *, data_dir: Path, force: bool = False, config_o
         with tempfile.TemporaryDirectory(prefix=".import-", dir=_existing_parent(data_dir)) as tmp:
             staged = Path(tmp) / DB_FILE
             staged.write_bytes(files[DB_MEMBER])
-            conn = sqlite3.connect(staged)
-            try:
-                verdict = conn.execute("PRAGMA integrity_check").fetchone()[0]
-                found_schema = conn.execute("PRAGMA user_version").fetchone()[0]
-            finally:
-                conn.close()
+            verdict, found_schema = check_file(staged)
             if verdict != "ok" or found_schema != schema:
                 raise ArchiveError(f"{archive}: the database fails its checks ({verdict}, schema {found_schema})")
             data_dir.mkdir(parents=True, exist_ok=True)

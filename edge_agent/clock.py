@@ -2,10 +2,10 @@
 from __future__ import annotations
 
 import ctypes
+import ctypes.util
 import functools
 import time
-import ctypes.util
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 _STA_UNSYNC = 0x0040
@@ -16,11 +16,11 @@ def _wall() -> float:
 
 
 def utc_now() -> datetime:
-    return datetime.fromtimestamp(_wall(), timezone.utc)
+    return datetime.fromtimestamp(_wall(), UTC)
 
 
 def rfc3339(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S") + (
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S") + (
         f".{moment.microsecond // 1000:03d}Z" if moment.microsecond else "Z"
     )
 
@@ -32,7 +32,7 @@ def parse_rfc3339(text: str) -> datetime:
     moment = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
     if moment.tzinfo is None:
         raise ValueError(f"timestamp {text!r} has no time zone")
-    return moment.astimezone(timezone.utc)
+    return moment.astimezone(UTC)
 
 
 @functools.cache

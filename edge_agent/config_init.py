@@ -14,7 +14,7 @@ import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 import yaml
@@ -183,7 +183,7 @@ def _entries(items: Iterable[dict[str, Any]], order: tuple[str, ...], cls: type)
 def render_config(answers: Answers, *, written_by: str = "edge-agent config init") -> str:
     """Commented YAML; raises AnswersError with every config problem (key path and line)."""
     lines = [f"# Site configuration of gateway {answers.gateway_id}, written by `{written_by}`",
-             f"# on {datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M')} UTC. Check it with: edge-agent config check FILE",
+             f"# on {datetime.now(UTC).strftime('%Y-%m-%d %H:%M')} UTC. Check it with: edge-agent config check FILE",
              "# Every key is described in config/example-site.yaml; unknown keys and impossible values are errors."]
     lines += [f"# {note}" for note in answers.notes]
     lines.append("")

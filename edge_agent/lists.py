@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import sqlite3
 import ssl
 import threading
 import time
@@ -38,7 +37,7 @@ from .cloud._payloads import (
     is_user_list_url,
 )
 from .cloud._userstream import UserListReader
-from .store import Store
+from .store import DuplicateToken, DuplicateUser, Store, TokenTaken, UserStaging
 
 log = logging.getLogger("edge_agent.lists")
 
@@ -79,13 +78,6 @@ class StagedUserList:
     tokens: int
 
 
-_STAGING_SCHEMA = """
-CREATE TABLE users (seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, name TEXT, phone TEXT,
-                    grp TEXT, blocked INTEGER NOT NULL, valid_until TEXT);
-CREATE TABLE tokens (uid TEXT PRIMARY KEY, user_id TEXT NOT NULL, seq INTEGER NOT NULL) WITHOUT ROWID;
-"""
-
-
 def stage_user_list(stream: IO[bytes], staging_path: Path, *, stop_at_version: int | None = None,
                     expected_version: int | None = None,
                     cancel: threading.Event | None = None) -> StagedUserList | None:
@@ -93,22 +85,16 @@ def stage_user_list(stream: IO[bytes], staging_path: Path, *, stop_at_version: i
     `stop_at_version` (such a list is ignored, so it is not read further). With
     `expected_version` (a list by URL), the file's own `version`, if it has one, must match.
     Raises PayloadError; the staging file is removed on any failure."""
-    staging_path.unlink(missing_ok=True)
-    conn = sqlite3.connect(staging_path, isolation_level=None)
+    staging = UserStaging(staging_path)  # scratch data: no journal, no fsync, a bounded page cache
     ok = False
     try:
-        # Scratch data: no journal, no fsync, a bounded page cache.
-        conn.executescript("PRAGMA journal_mode = OFF; PRAGMA synchronous = OFF; "
-                           "PRAGMA cache_size = -8192; PRAGMA locking_mode = EXCLUSIVE;")
-        conn.executescript(_STAGING_SCHEMA)
-        conn.execute("BEGIN")
         reader = UserListReader(stream, stop_at_version=stop_at_version,
                                 require_version=expected_version is None)
         tokens = 0
         for seq, user in enumerate(reader.users()):
             if cancel is not None and seq % _STAGE_CHECK_CANCEL_EVERY == 0 and cancel.is_set():
                 raise Cancelled()
-            _stage_user(conn, seq, user)
+            _stage_user(staging, seq, user)
             tokens += len(user["tokens"])
         if reader.superseded:
             return None
@@ -117,65 +103,40 @@ def stage_user_list(stream: IO[bytes], staging_path: Path, *, stop_at_version: i
                                           f"{expected_version}")
         version = reader.version if reader.version is not None else expected_version
         assert version is not None
-        conn.execute("COMMIT")
+        staging.commit()
         ok = True
         return StagedUserList(staging_path, version, reader.user_count, tokens)
     finally:
-        conn.close()
+        staging.close()
         if not ok:
             staging_path.unlink(missing_ok=True)
 
 
-def _stage_user(conn: sqlite3.Connection, seq: int, user: dict[str, Any]) -> None:
+def _stage_user(staging: UserStaging, seq: int, user: dict[str, Any]) -> None:
     try:
-        conn.execute("INSERT INTO users(seq, id, name, phone, grp, blocked, valid_until) "
-                     "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                     (seq, user["id"], user["name"], user["phone"], user["group"],
-                      int(user["blocked"]), user["valid_until"]))
-    except sqlite3.IntegrityError:
-        first = conn.execute("SELECT seq FROM users WHERE id = ?", (user["id"],)).fetchone()
+        staging.add(seq, user)
+    except DuplicateUser as dup:
+        first = "?" if dup.first_seq is None else dup.first_seq
         raise PayloadError(f"users[{seq}].id", f"duplicate user id {user['id']!r} "
-                                               f"(also users[{first[0] if first else '?'}])") from None
-    for k, uid in enumerate(user["tokens"]):
-        try:
-            conn.execute("INSERT INTO tokens(uid, user_id, seq) VALUES (?, ?, ?)", (uid, user["id"], seq))
-        except sqlite3.IntegrityError:
-            owner = conn.execute("SELECT user_id, seq FROM tokens WHERE uid = ?", (uid,)).fetchone()
-            where = f"users[{seq}].tokens[{k}]"
-            if owner is not None and owner[1] == seq:
-                raise PayloadError(where, f"token {uid} appears twice for {user['id']!r}") from None
-            raise PayloadError(where, f"token {uid} also belongs to {owner[0] if owner else '?'!r}"
-                                      f" (users[{owner[1] if owner else '?'}])") from None
+                                               f"(also users[{first}])") from None
+    except DuplicateToken as dup:
+        uid, where = dup.uid, f"users[{seq}].tokens[{dup.index}]"
+        if dup.owner is not None and dup.owner_seq == seq:
+            raise PayloadError(where, f"token {uid} appears twice for {user['id']!r}") from None
+        found = dup.owner is not None
+        raise PayloadError(where, f"token {uid} also belongs to {dup.owner if found else '?'!r}"
+                                  f" (users[{dup.owner_seq if found else '?'}])") from None
 
 
 def swap_in_user_list(store: Store, staged: StagedUserList) -> Outcome:
     """Replaces the user list with the staged one in one transaction on the store's connection
     (re-checking the version inside it). A crash at any point leaves the old list or the new
     one, never a mix."""
-    conn = store.db.conn
     started = time.monotonic()
-    conn.execute("ATTACH DATABASE ? AS staging", (str(staged.path),))
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            local = store.list_version("users")
-            if staged.version <= local:
-                conn.execute("ROLLBACK")
-                return _said(Outcome(False, f"user list version {staged.version} ignored "
-                                            f"(local version {local})"))
-            conn.execute("DELETE FROM main.tokens")
-            conn.execute("DELETE FROM main.users")
-            conn.execute('INSERT INTO main.users(id, name, phone, "group", blocked, valid_until) '
-                         "SELECT id, name, phone, grp, blocked, valid_until FROM staging.users ORDER BY seq")
-            conn.execute("INSERT INTO main.tokens(uid, user_id) SELECT uid, user_id FROM staging.tokens")
-            store.set_list_version("users", staged.version)
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-    finally:
-        conn.execute("DETACH DATABASE staging")
+    local = store.replace_users_from(staged.path, staged.version)
+    if staged.version <= local:
+        return _said(Outcome(False, f"user list version {staged.version} ignored "
+                                    f"(local version {local})"))
     took = time.monotonic() - started
     return _said(Outcome(True, f"user list version {staged.version} applied: {staged.users} users, "
                                f"{staged.tokens} tokens (swap {took * 1000:.0f} ms)"))
@@ -232,21 +193,11 @@ def apply_user_delta(store: Store, obj: dict[str, Any]) -> Outcome:
     local = store.list_version("users")
     if base != local:
         return _said(Outcome(False, f"user delta {version} (base {base}) ignored: local version is {local}"))
-    with store.transaction():
-        db = store.db
-        for user_id in [*remove, *ids]:
-            db.execute("DELETE FROM tokens WHERE user_id = ?", [user_id])
-            db.execute("DELETE FROM users WHERE id = ?", [user_id])
-        for i, u in enumerate(users):
-            for k, uid in enumerate(u["tokens"]):
-                owner = db.execute("SELECT user_id FROM tokens WHERE uid = ?", [uid]).fetchone()
-                if owner is not None:  # raising inside the transaction rolls the whole delta back
-                    raise PayloadError(f"upsert[{i}].tokens[{k}]", f"token {uid} already belongs to {owner[0]!r}")
-            db.execute('INSERT INTO users(id, name, phone, "group", blocked, valid_until) VALUES (?,?,?,?,?,?)',
-                       [u["id"], u["name"], u["phone"], u["group"], int(u["blocked"]), u["valid_until"]])
-            db.conn.executemany("INSERT INTO tokens(uid, user_id) VALUES (?, ?)",
-                                [(uid, u["id"]) for uid in u["tokens"]])
-        store.set_list_version("users", version)
+    try:
+        store.update_users(version, remove=remove, upsert=users)
+    except TokenTaken as taken:  # nothing was changed
+        raise PayloadError(f"upsert[{taken.user}].tokens[{taken.token}]",
+                           f"token {taken.uid} already belongs to {taken.owner!r}") from None
     return _said(Outcome(True, f"user delta {version} applied: {len(users)} upserted, {len(remove)} removed"))
 
 
@@ -303,12 +254,12 @@ class UserListUpdater:
     """
 
     def __init__(self, *, store: Store, work_dir: Path, verify: ssl.SSLContext,
-                 policy: DownloadPolicy = DownloadPolicy(),
+                 policy: DownloadPolicy | None = None,
                  on_rejected: Callable[[str, Exception], None] = lambda topic, error: None) -> None:
         self._store = store
         self._work_dir = work_dir
         self._verify = verify
-        self._policy = policy
+        self._policy = policy or DownloadPolicy()
         self._on_rejected = on_rejected
         self._queue: deque[_Job] = deque()
         self._current: _Job | None = None
@@ -448,7 +399,7 @@ class UserListUpdater:
             self.error = (f"user list version {job.source.version} not applied: download from "
                           f"{shown_url(job.source.url)} failed: {exc}")
             log.warning("%s; the current list stays in force", self.error)
-        except Exception as exc:  # noqa: BLE001 - one bad list must not stop the next one
+        except Exception as exc:  # one bad list must not stop the next one
             log.exception("user list message on %s could not be applied", job.topic)
             self.error = f"user list not applied: {type(exc).__name__}: {exc}"
 
@@ -471,7 +422,7 @@ class UserListUpdater:
             log.info("user list version %d downloaded: %d bytes, SHA-256 matches", source.version, size)
 
             def open_file() -> IO[bytes]:
-                return open(part, "rb")  # noqa: SIM115 - closed by _apply_file
+                return open(part, "rb")  # closed by _apply_file
 
             await self._apply_file(job, open_file, expected_version=source.version)
         finally:

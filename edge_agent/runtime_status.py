@@ -23,9 +23,9 @@ from typing import Any
 from weakref import WeakKeyDictionary
 
 __all__ = [
+    "STALE_AFTER_S",
     "AgentStatus",
     "RuntimeStatusWriter",
-    "STALE_AFTER_S",
     "agent_runtime_dir",
     "publish_runtime_status",
     "read_agent_status",
@@ -107,7 +107,7 @@ class RuntimeStatusWriter:
                             self.path, exc)
             self._failing = True
             return
-        except Exception:  # noqa: BLE001 - the live view must never stop the clock loop
+        except Exception:  # the live view must never stop the clock loop
             if not self._failing:
                 log.exception("runtime status could not be produced")
             self._failing = True

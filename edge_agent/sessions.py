@@ -205,12 +205,11 @@ class EvseSessionMachine:
                 # Paused before the end is recorded: the next car never charges on this session's offer.
                 session.ending = True
                 return [*actions, Offer(0.0), EndSession("ev_disconnected", reading, at)]
-        elif reading.iec61851 in PLUGGED:
-            if session is None and self.pending is not None:
-                if reading.measurement.energy_wh is not None and self.can_start() is None:
-                    decision = self.pending.decision
-                    self.pending = None
-                    return [StartSession(decision, reading, at)]
+        elif (reading.iec61851 in PLUGGED and session is None and self.pending is not None
+              and reading.measurement.energy_wh is not None and self.can_start() is None):
+            decision = self.pending.decision
+            self.pending = None
+            return [StartSession(decision, reading, at)]
         if session is not None and not session.ending and reading.measurement.energy_wh is not None:
             charging = reading.iec61851 in DRAWING
             due = now - session.last_sample_mono >= self.sample_interval_s

@@ -12,14 +12,14 @@ import json
 import logging
 import math
 import signal
-import sqlite3
 import time
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from drivers.api import ChargerReading, Tap
+from drivers.api import Charger, ChargerReading, FailsafeReporter, KeepAlive, OwnEnergyCounter, Tap
 from drivers.errors import DeviceError
 from drivers.modbus import BusRegistry, create_charger, create_meter
 from drivers.readers import ChargerReader, create_reader, identifier_of
@@ -43,8 +43,8 @@ from .cloud import (
 from .cloud._payloads import MAX_PAYLOAD_BYTES, check_request_id, check_text, printable
 from .cloud._rejections import RejectionLog
 from .config import ConfigError, ConfigIssue, SiteConfig
-from .loadmanagement import LoadManagementLoop, site_plan
 from .lists import UserListUpdater, apply_tariff_list
+from .loadmanagement import LoadManagementLoop, site_plan
 from .pricing import (
     MeterSample,
     RunningCost,
@@ -66,7 +66,7 @@ from .sessions import (
     RecordSample,
     StartSession,
 )
-from .store import SessionRecord, Store
+from .store import SessionRecord, StorageError, StorageFailed, StorageFull, Store
 
 log = logging.getLogger("edge_agent.site")
 
@@ -77,7 +77,7 @@ FAULT_AFTER_FAILED_POLLS = 3
 class Evse:
     evse_id: str
     machine: EvseSessionMachine
-    charger: Any  # drivers.modbus.ModbusCharger
+    charger: Charger  # drivers.modbus.ModbusCharger; optional abilities: isinstance against drivers.api
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     record: SessionRecord | None = None
     failed_polls: int = 0
@@ -128,6 +128,7 @@ class Site:
                                           on_rejected=self._reject_message)
         self.rejections = RejectionLog(logger=log)
         self._commands_running: dict[str, asyncio.Future[None]] = {}
+        self._handlers: set[asyncio.Task[None]] = set()  # taps and commands being handled: owned here
         self.outbox = OutboxSender(store=self.store, link=self.link, topic=self.topics.events,
                                    ack_timeout_s=cloud.ack_timeout_s)
         self.authorizer = Authorizer(store=self.store, offline_unknown=config.authorization.offline_unknown,
@@ -160,7 +161,7 @@ class Site:
                                                    f"{r.evse_id} has no card reader in its register map")])
                 evse.builtin_reader = ChargerReader(
                     identifier, evse_id=r.evse_id, debounce_s=config.authorization.debounce_s,
-                    on_tap=lambda tap: asyncio.ensure_future(self.on_tap(tap)))
+                    on_tap=lambda tap: self._spawn(self.on_tap(tap), name=f"tap {tap.token}"))
         self.load: LoadManagementLoop | None = None
         if plan is not None:
             site_meter = config.site.meter if config.site is not None else None
@@ -210,9 +211,9 @@ class Site:
                     raise task.exception()  # type: ignore[misc]
         finally:
             log.info("edge-agent stopping")
-            for task in tasks:
+            for task in (*tasks, *self._handlers):
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*tasks, *self._handlers, return_exceptions=True)
             for reader in self.readers:
                 reader.stop()
             if self.link.connected:
@@ -220,13 +221,24 @@ class Site:
                 await asyncio.sleep(0.1)
             self.link.stop()
             for evse in self.evses.values():
-                if getattr(evse.charger, "energy_counter", None) is not None:
+                if isinstance(evse.charger, OwnEnergyCounter) and evse.charger.energy_counter is not None:
                     evse.charger.energy_counter.flush()
             await self.buses.aclose()
             await self.user_lists.aclose()
-            with contextlib.suppress(sqlite3.OperationalError):
+            with contextlib.suppress(StorageFull, StorageFailed):  # best effort; a damaged database is not hidden
                 self._save_rejected_count()
             self.store.close()
+
+    def _spawn(self, work: Coroutine[Any, Any, None], *, name: str) -> None:
+        """Handles a tap or a command in its own task, kept until done; its error is logged, never lost."""
+        task = asyncio.get_running_loop().create_task(work, name=name)
+        self._handlers.add(task)
+        task.add_done_callback(self._handler_done)
+
+    def _handler_done(self, task: asyncio.Task[None]) -> None:
+        self._handlers.discard(task)
+        if not task.cancelled() and (exc := task.exception()) is not None:
+            log.error("%s failed", task.get_name(), exc_info=exc)
 
     def _resume_sessions(self) -> None:
         for record in self.store.active_sessions():
@@ -264,8 +276,8 @@ class Site:
                 await self._poll_once(evse)
             # Some models need a keep-alive more often than the poll (Schneider's life bit: 2 s); the
             # period may change once the driver learned the device's timeout (Alfen's validity).
-            interval = min(self.config.sessions.poll_interval_s,
-                           getattr(evse.charger, "keepalive_interval_s", None) or math.inf)
+            keepalive_s = evse.charger.keepalive_interval_s if isinstance(evse.charger, KeepAlive) else None
+            interval = min(self.config.sessions.poll_interval_s, keepalive_s or math.inf)
             await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
 
     async def _poll_once(self, evse: Evse) -> None:
@@ -328,7 +340,7 @@ class Site:
             if isinstance(action, StartSession):
                 try:
                     queue[:0] = self._start_session(evse, action)
-                except sqlite3.OperationalError as exc:
+                except StorageError as exc:
                     if not self._storage_failed(exc, f"starting a session on EVSE {evse.evse_id}"):
                         raise
                     log.error("EVSE %s: %s may not charge: the session cannot be recorded", evse.evse_id,
@@ -357,7 +369,7 @@ class Site:
                         evse.record.id, offset_wh=action.offset_wh, unbilled_wh=action.unbilled_wh,
                         reason=action.unbilled_reason, ts=ts, offline=not self.link.connected,
                         fault={"evse_id": evse.evse_id, "error": anomaly, "ts": ts})
-                except sqlite3.OperationalError as exc:  # the session's end still records it (in memory)
+                except StorageError as exc:  # the session's end still records it (in memory)
                     if not self._storage_failed(exc, f"recording an un-billed jump on EVSE {evse.evse_id}"):
                         raise
                     continue
@@ -366,13 +378,13 @@ class Site:
             elif isinstance(action, RecordSample):
                 try:
                     self._record_sample(evse, action.reading, action.charging, action.at)
-                except sqlite3.OperationalError as exc:
+                except StorageError as exc:
                     if not self._storage_failed(exc, "recording a meter sample"):
                         raise
             elif isinstance(action, EndSession):
                 try:
                     await self._end_session(evse, action)
-                except sqlite3.OperationalError as exc:
+                except StorageError as exc:
                     if not self._storage_failed(exc, f"recording the end of session on EVSE {evse.evse_id}"):
                         raise
             elif isinstance(action, AuthorizationTimedOut):
@@ -535,23 +547,22 @@ class Site:
         try:
             return unpriced_session(samples, record.tariff_id, tz=self.config.timezone, error=error,
                                     currency=currency)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("session %s: no charging periods either", record.id)
             return SessionPrice(record.tariff_id, None, (), 0, 0, pricing_error=error, currency=currency)
 
     def _record_event(self, type_: str, data: dict[str, Any]) -> None:
         try:
             self.store.append_event(type_, data, ts=rfc3339(utc_now()), offline=not self.link.connected)
-        except sqlite3.OperationalError as exc:
+        except StorageError as exc:
             if not self._storage_failed(exc, f"recording a {type_} event"):
                 raise
             return
         self.outbox.wake()
 
-    def _storage_failed(self, exc: sqlite3.OperationalError, what: str) -> bool:
+    def _storage_failed(self, exc: StorageError, what: str) -> bool:
         """True for a full disk (logged once, reported in ~/state); other errors are not ours to hide."""
-        text = str(exc).lower()
-        if "full" not in text and "disk i/o" not in text:
+        if not isinstance(exc, StorageFull):
             return False
         if self.storage_error is None:
             log.error("storage: %s failed: %s. Charging goes on; what is decided is kept in memory and "
@@ -568,7 +579,7 @@ class Site:
 
     def _tap_from_thread(self, tap: Tap) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self.on_tap(tap)))
+            self._loop.call_soon_threadsafe(lambda: self._spawn(self.on_tap(tap), name=f"tap {tap.token}"))
 
     def _evse_for_tap(self, tap: Tap) -> Evse | None:
         if tap.evse_id is not None:
@@ -662,7 +673,7 @@ class Site:
                 self._on_clock_step(step)
             if now - self._rejected_saved_at >= 60:
                 self._rejected_saved_at = now
-                with contextlib.suppress(sqlite3.OperationalError):
+                with contextlib.suppress(StorageFull, StorageFailed):  # best effort, as at the end
                     self._save_rejected_count()
             if self._site_wide is not None and now >= self._site_wide[1]:
                 log.info("site-wide reader: no vehicle plugged in for %s; authorization dropped",
@@ -797,9 +808,7 @@ class Site:
 
     def _save_rejected_count(self) -> None:
         if self.rejected_messages != self._rejected_saved:
-            self.store.db.execute(
-                "INSERT INTO counters(name, value) VALUES ('rejected_messages', ?) "
-                "ON CONFLICT(name) DO UPDATE SET value = excluded.value", [self.rejected_messages])
+            self.store.save_counter("rejected_messages", self.rejected_messages)
             self._rejected_saved = self.rejected_messages
 
     def _on_message(self, message: Inbound) -> None:
@@ -823,10 +832,10 @@ class Site:
                 if future is not None and not future.done():
                     future.set_result(OnlineAnswer(answer.status, answer.user))  # type: ignore[arg-type]
             elif (name := self.topics.command_name(topic)) is not None:
-                asyncio.ensure_future(self._on_command(name, message))
+                self._spawn(self._on_command(name, message), name=f"command {name}")
         except PayloadError as exc:
             self._reject_message(topic, exc)
-        except Exception as exc:  # noqa: BLE001 - no message may take the agent down
+        except Exception as exc:  # no message may take the agent down
             log.exception("unexpected failure handling a message on %s", topic)
             self._reject_message(topic, exc)
 
@@ -895,7 +904,7 @@ class Site:
                     status, detail = "expired", f"expired at {rfc3339(command.expires_at)}"
                 else:
                     status, detail = await self._carry_out(command.name, command.fields)
-        except Exception as exc:  # noqa: BLE001 - every command gets exactly one answer
+        except Exception as exc:  # every command gets exactly one answer
             log.exception("command %s (%s) failed", request_id, name)
             status, detail = "error", f"the gateway failed to carry it out: {type(exc).__name__}: {exc}"
         try:
@@ -996,7 +1005,8 @@ class Site:
                 "currents_a": list(measurement.currents_a) if measurement and measurement.currents_a else None,
                 "power_w": measurement.power_w if measurement else None,
                 "register_wh": measurement.energy_wh if measurement else None,
-                "failsafe_warning": getattr(evse.charger, "failsafe_warning", None),
+                "failsafe_warning": (evse.charger.failsafe_warning
+                                     if isinstance(evse.charger, FailsafeReporter) else None),
                 "pending": pending, "session": session})
         readers = [{"name": r.name, "port": getattr(r, "port", None), "evse_id": r.evse_id,
                     "healthy": r.healthy, "last_error": r.last_error,

@@ -1,7 +1,7 @@
 """`edge-agent status` as text: what a technician on a ladder needs to see at a glance."""
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from .clock import parse_rfc3339
@@ -20,7 +20,7 @@ def _since(rfc3339_text: str | None) -> str:
         started = parse_rfc3339(rfc3339_text)
     except ValueError:
         return "?"
-    return _duration((datetime.now(timezone.utc) - started).total_seconds())
+    return _duration((datetime.now(UTC) - started).total_seconds())
 
 
 def _kwh(wh: Any) -> str:

@@ -226,10 +226,10 @@ async def _state_of(charger: Any, words: dict[str, list[int]]) -> dict[str, Any]
 
     reg = charger.io.source("state")
     raw: Any = decode(reg, words["state"]) if reg.type == "ascii" else field_value(reg, raw_value(reg, words["state"]))
-    cond_roles = [r for r in charger._state_roles if r != "state"]
+    cond_roles = [r for r in charger._state_roles if r != "state"]  # noqa: SLF001 - the probe decodes as the driver does
     if cond_roles:
         words.update(await charger.io.read_roles(*cond_roles))
-    return {"iec61851": charger._state(words), "raw": raw}
+    return {"iec61851": charger._state(words), "raw": raw}  # noqa: SLF001
 
 
 def _firmware(identity: dict[str, Any]) -> str | None:

@@ -57,10 +57,7 @@ def _open_store_ro(data_dir: Path):  # noqa: ANN202
     from .store import Store
 
     try:
-        store = Store(data_dir, read_only=True)
-        store.db.execute(f"PRAGMA busy_timeout = {CLI_BUSY_TIMEOUT_MS}")
-        store.db.execute("PRAGMA query_only = 1")
-        store.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+        store = Store(data_dir, read_only=True, busy_timeout_ms=CLI_BUSY_TIMEOUT_MS, query_only=True)
     except sqlite3.Error as exc:
         hint = " (run it with sudo, or as a member of the edge-agent group)" if not os.access(data_dir, os.R_OK) \
             or not os.access(_db_path(data_dir), os.R_OK) else ""
@@ -70,19 +67,15 @@ def _open_store_ro(data_dir: Path):  # noqa: ANN202
 
 
 def _db_path(data_dir: Path) -> Path:
-    from .store._store import DB_FILE
+    from .store import DB_FILE
 
     return data_dir / DB_FILE
 
 
 def _schema_version(db: Path) -> int:
-    import sqlite3
+    from .store import schema_version
 
-    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=CLI_BUSY_TIMEOUT_MS / 1000)
-    try:
-        return int(conn.execute("PRAGMA user_version").fetchone()[0])
-    finally:
-        conn.close()
+    return schema_version(db, timeout_s=CLI_BUSY_TIMEOUT_MS / 1000)
 
 
 def _where(parser: argparse.ArgumentParser, *, config_default: bool = True) -> None:
@@ -100,7 +93,7 @@ def _database_summary(data_dir: Path) -> dict[str, Any] | None:
     if not db.exists():
         return None
     with _open_store_ro(data_dir) as store:
-        active = store.db.execute("SELECT count(*) FROM sessions WHERE status = 'active'").fetchone()[0]
+        active = store.session_count(active=True)
         return {"path": str(db), "schema_version": _schema_version(db), "outbox_pending": store.outbox_pending(),
                 "last_seq": store.counter("seq"), "users_version": store.list_version("users"),
                 "users": store.user_count(), "tariffs_version": store.list_version("tariffs"),
@@ -156,32 +149,16 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def _find_users(store: Any, text: str) -> list[dict[str, Any]]:
-    from .tokens import InvalidToken, normalize_uid
+    from drivers.tokens import InvalidToken, normalize_uid
 
-    like = f"%{text.strip()}%"
     digits = "".join(c for c in text if c.isdigit() or c == "+")
     try:
-        token_like = f"%{normalize_uid(text)}%"
+        token_part: str | None = normalize_uid(text)
     except InvalidToken:
-        token_like = None
-    where = ['u.id = ? COLLATE NOCASE', "u.name LIKE ?"]
-    params: list[Any] = [text.strip(), like]
-    if len(digits) >= 3:
-        where.append("replace(replace(replace(u.phone, ' ', ''), '-', ''), '.', '') LIKE ?")
-        params.append(f"%{digits}%")
-    if token_like:
-        where.append("t.uid LIKE ?")
-        params.append(token_like)
-    rows = store.db.execute(
-        'SELECT DISTINCT u.id, u.name, u.phone, u."group", u.blocked, u.valid_until FROM users u '
-        f"LEFT JOIN tokens t ON t.user_id = u.id WHERE {' OR '.join(where)} ORDER BY u.name, u.id LIMIT 200",
-        params).fetchall()
-    out = []
-    for row in rows:
-        tokens = [r[0] for r in store.db.execute("SELECT uid FROM tokens WHERE user_id = ? ORDER BY uid", [row[0]])]
-        out.append({"id": row[0], "name": row[1], "phone": row[2], "group": row[3], "blocked": bool(row[4]),
-                    "valid_until": row[5], "tokens": tokens})
-    return out
+        token_part = None
+    found = store.search_users(text, phone_digits=digits if len(digits) >= 3 else None, token_part=token_part)
+    return [{"id": user.id, "name": user.name, "phone": user.phone, "group": user.group, "blocked": user.blocked,
+             "valid_until": user.valid_until, "tokens": tokens} for user, tokens in found]
 
 
 def cmd_users_find(args: argparse.Namespace) -> int:
@@ -322,8 +299,9 @@ def _render_judgement(j: dict[str, Any]) -> str:
 
 
 def cmd_tap_test(args: argparse.Namespace) -> int:
+    from drivers.tokens import InvalidToken, normalize_uid
+
     from .runtime_status import read_agent_status
-    from .tokens import InvalidToken, normalize_uid
 
     config = _load_config(args.config)
     data_dir = Path(args.data_dir or config.data_dir)
@@ -661,14 +639,14 @@ def cmd_import(args: argparse.Namespace) -> int:
 # -- wiring ----------------------------------------------------------------------------------------
 
 
-def _config_actions(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction | None:  # noqa: SLF001
+def _config_actions(subparsers: argparse._SubParsersAction) -> argparse._SubParsersAction | None:
     parser = subparsers.choices.get("config")
     if parser is None:
         return None
     return next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)  # noqa: SLF001
 
 
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # noqa: SLF001
+def add_commands(subparsers: argparse._SubParsersAction) -> None:
     fmt = argparse.RawDescriptionHelpFormatter
 
     p = subparsers.add_parser(

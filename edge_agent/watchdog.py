@@ -262,7 +262,7 @@ async def watch(site: Any) -> None:
                 await dog.run()
             except asyncio.CancelledError:
                 raise
-            except Exception:  # noqa: BLE001 - the watchdog must not take the agent down itself
+            except Exception:  # the watchdog must not take the agent down itself
                 log.exception("watchdog probe failed; probing on")
                 await asyncio.sleep(1.0)
     finally:

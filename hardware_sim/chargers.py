@@ -631,9 +631,9 @@ class SimCharger(SimModbusUnit):
 
     def _present(self, table: str, address: int, word: int) -> int:
         reg = self._setpoint
-        if reg.readable and reg.no_value and reg.table == table and reg.address <= address < reg.end:
-            if self._letter() != "C":
-                return raw_words(reg, min(reg.no_value))[address - reg.address]  # Schneider: 99 while not charging
+        in_setpoint = reg.readable and reg.no_value and reg.table == table and reg.address <= address < reg.end
+        if in_setpoint and self._letter() != "C":
+            return raw_words(reg, min(reg.no_value))[address - reg.address]  # Schneider: 99 while not charging
         return word
 
 
@@ -653,7 +653,7 @@ def _unit_groups(sims: Sequence[SimModbusUnit]) -> dict[int, list[tuple[SimModbu
         for sim, station in parts:
             for key in sim.addresses(station):
                 if key in seen and seen[key] is not sim:
-                    if key in sim._shared:
+                    if key in sim._shared:  # noqa: SLF001
                         continue  # two charge points of one station: the first one answers for the station
                     raise ValueError(f"two simulated devices answer unit {unit} {key[0]} register {key[1]}")
                 seen.setdefault(key, sim)
@@ -667,7 +667,7 @@ def _simdevice(unit: int, parts: list[tuple[SimModbusUnit, bool]]) -> SimDevice:
             owner.setdefault(key, sim)
     writable: set[tuple[str, int]] = set()
     for sim, _ in parts:
-        writable |= sim._writable
+        writable |= sim._writable  # noqa: SLF001
     by_table: dict[str, list[int]] = {}
     for tbl, addr in owner:
         by_table.setdefault(tbl, []).append(addr)
@@ -704,12 +704,12 @@ def _simdevice(unit: int, parts: list[tuple[SimModbusUnit, bool]]) -> SimDevice:
                 return ExcCodes.ILLEGAL_ADDRESS
             if sim not in involved:
                 involved.append(sim)
-        if any(sim._silent for sim, _ in parts):
+        if any(sim._silent for sim, _ in parts):  # noqa: SLF001
             raise NoSuchIdException("silent")  # the server then sends nothing
         for sim, _ in parts:
             if sim not in involved:
-                with sim._lock:
-                    sim._touch(time.monotonic())  # the station saw traffic
+                with sim._lock:  # noqa: SLF001
+                    sim._touch(time.monotonic())  # the station saw traffic  # noqa: SLF001
         for sim in involved:
             own = [a for a in span if owner[(table, a)] is sim]
             lo, hi = own[0], own[-1] + 1
@@ -759,7 +759,7 @@ def _silencer(sims: Sequence[SimModbusUnit], unit_offset: int) -> Any:
         if sending and len(data) > unit_offset:
             parts = groups.get(data[unit_offset], [])
             now = time.monotonic()
-            if any(sim._silent or sim._asleep(now) for sim, _ in parts):
+            if any(sim._silent or sim._asleep(now) for sim, _ in parts):  # noqa: SLF001
                 return b""
         return data
 

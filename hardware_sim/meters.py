@@ -78,8 +78,8 @@ class SimMeter(SimModbusUnit):
     def _now_power(self) -> tuple[float, tuple[float, float, float]]:
         if self.follows is not None:
             charger = self.follows
-            power = charger._power_w()  # called under our lock only; the charger's numbers are plain floats
-            per_phase = charger._offered_a() if charger._letter() == "C" else 0.0
+            power = charger._power_w()  # called under our lock only; the charger's numbers are plain floats  # noqa: SLF001
+            per_phase = charger._offered_a() if charger._letter() == "C" else 0.0  # noqa: SLF001
             return power, (per_phase, per_phase if charger.phases == 3 else 0.0, per_phase if charger.phases == 3 else 0.0)
         return self._power_w, self._currents
 

@@ -100,7 +100,7 @@ class SimNfcField:
         while not self._stop.is_set():
             try:
                 message, addr = self._sock.recvfrom(1024)
-            except (TimeoutError, socket.timeout):
+            except TimeoutError:
                 continue
             except OSError:
                 return

@@ -5,7 +5,7 @@ import time
 
 import serial
 
-from edge_agent.tokens import normalize_uid
+from drivers.tokens import normalize_uid
 
 
 def encode_frame(token10hex: str) -> bytes:

@@ -118,8 +118,9 @@ trap cleanup EXIT
 
 say "building release $RELEASE_ID in $NEW"
 # A copy of the sources: the build leaves nothing (build/, egg-info, root-owned files) in the checkout.
+# The product only: the simulators (hardware_sim/) are for the tests and the demo, not a gateway.
 mkdir -p "$STAGE/src" "$RELEASES"
-cp -a "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/edge_agent" "$SRC/drivers" "$SRC/hardware_sim" "$STAGE/src/"
+cp -a "$SRC/pyproject.toml" "$SRC/README.md" "$SRC/edge_agent" "$SRC/drivers" "$STAGE/src/"
 find "$STAGE/src" -name __pycache__ -prune -exec rm -rf {} +
 "$PYTHON" -m venv "$NEW"
 PIP_ARGS=(--quiet --disable-pip-version-check)

@@ -6,9 +6,7 @@ import pty
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 import yaml
@@ -16,15 +14,9 @@ import yaml
 from edge_agent.store import SCHEMA_VERSION
 from edge_agent.store._schema import MIGRATIONS
 from hardware_sim.site import UNKNOWN_TOKEN, SimulatedSite
+from helpers import CLI, cli
 
 KARI, PER_BLOCKED = "04A2B3C4D5", "DEADBEEF01"
-ENTRY = Path(sys.executable).with_name("edge-agent")
-
-
-def cli(*args, timeout=60, env=None, **kwargs):
-    command = [str(ENTRY)] if ENTRY.exists() else [sys.executable, "-m", "edge_agent"]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout,
-                          env=env, **kwargs)
 
 
 @pytest.fixture
@@ -71,8 +63,7 @@ def test_status_shows_the_live_site_then_the_agent_stopped(site):
     assert "Charging" in lines[at] and "offered 16.0 A" in lines[at]
     assert "session  Kari Nordmann (local_list)" in lines[at + 1] and "kWh" in lines[at + 1]
 
-    command = [str(ENTRY)] if ENTRY.exists() else [sys.executable, "-m", "edge_agent"]
-    watch = subprocess.Popen([*command, "status", "--watch", "--interval", "0.3", "--config", str(site.config_path)],
+    watch = subprocess.Popen([*CLI, "status", "--watch", "--interval", "0.3", "--config", str(site.config_path)],
                              stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(2.0)
     watch.send_signal(signal.SIGINT)
@@ -136,8 +127,7 @@ def test_tap_test_with_the_agent_running_judges_tokens_and_leaves_the_reader_alo
 
 def test_tap_test_reads_a_card_from_the_reader_when_the_agent_is_stopped(site):
     site.stop_agent()
-    command = [str(ENTRY)] if ENTRY.exists() else [sys.executable, "-m", "edge_agent"]
-    proc = subprocess.Popen([*command, "tap-test", "--config", str(site.config_path), "--evse", "1",
+    proc = subprocess.Popen([*CLI, "tap-test", "--config", str(site.config_path), "--evse", "1",
                              "--timeout", "20"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         prompt = proc.stderr.readline()
@@ -259,8 +249,7 @@ def test_config_init_from_flags_names_missing_and_bad_answers(tmp_path):
 def test_config_init_asks_on_a_terminal(tmp_path):
     out = tmp_path / "site.yaml"
     main, child = pty.openpty()
-    command = [str(ENTRY)] if ENTRY.exists() else [sys.executable, "-m", "edge_agent"]
-    proc = subprocess.Popen([*command, "config", "init", "--out", str(out)], stdin=child, stdout=child,
+    proc = subprocess.Popen([*CLI, "config", "init", "--out", str(out)], stdin=child, stdout=child,
                             stderr=child, close_fds=True)
     os.close(child)
     typed = ["gw-pty", "", "broker.local", "no", "", "", "", "evse_id=1,model=bender-cc613,host=10.0.0.9", "",

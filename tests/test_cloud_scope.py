@@ -69,7 +69,7 @@ def test_commands_for_another_gateway_and_retained_commands_are_never_carried_ou
     try:
         other = "edge/v1/gw-other/cmd/set_availability"
         watcher.publish(other, {"request_id": "r-other", "evse_id": "1", "available": False})
-        retained = site.cloud.send_command("set_availability", evse_id="1", available=False, retain=True)
+        site.cloud.send_command("set_availability", evse_id="1", available=False, retain=True)
         time.sleep(1.5)
         # Restarted after a crash, the agent subscribes again and gets the retained command again.
         site.kill_agent()

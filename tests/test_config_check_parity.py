@@ -146,7 +146,7 @@ def test_config_check_and_run_refuse_the_same_config_naming_the_key(tmp_path, pk
     config.write_text(make(tmp_path, good_files(tmp_path, pki)), encoding="utf-8")
     check, run = edge_agent("config", "check", str(config)), edge_agent("run", "--config", str(config))
     check_out, check_err = check.communicate(timeout=60)
-    run_out, run_err = run.communicate(timeout=60)
+    _run_out, run_err = run.communicate(timeout=60)
     assert check.returncode == EXIT_CONFIG, (check_out, check_err)
     assert run.returncode == EXIT_CONFIG, run_err
     named = [line for line in issues(check_err) if line.startswith(f"{key} (line ")]

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import struct
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -23,16 +23,9 @@ from drivers.errors import UnsupportedByModel
 from drivers.modbus import BusRegistry, MapError, ModbusCharger, available_models, create_charger, load_map
 from hardware_sim.chargers import SimCharger, SimChargerThread, SimServer
 from hardware_sim.pty import SocatPair
+from helpers import run
 
-T = TypeVar("T")
 TIMEOUT = 0.5
-
-
-def run(coro: Coroutine[Any, Any, T], limit: float = 60) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, limit)
-
-    return asyncio.run(bounded())
 
 
 def f32(value: float) -> list[int]:
@@ -114,12 +107,6 @@ DOCS: dict[str, Doc] = {
 
 def test_every_packaged_charger_model_has_a_conformance_run() -> None:
     assert sorted(DOCS) == available_models()
-
-
-@pytest.fixture
-def sims() -> Iterator[SimChargerThread]:
-    with SimChargerThread() as thread:
-        yield thread
 
 
 class Rig:
@@ -329,7 +316,7 @@ def test_abb_fallback_limit_and_traffic_keepalive(rig_for: Any) -> None:
             await cp.enable(False)  # pauses through the current, never through 0x4105
             assert sim.writes_to(0x4105) == [] and sim.state == "B"
             assert [r for _, r, _ in sim.writes[writes:]] == [0x4109, 0x4100, 0x4101]  # 0 A fail-safe first
-            with pytest.raises(UnsupportedByModel, match="0x4105|16645|app"):
+            with pytest.raises(UnsupportedByModel, match=r"0x4105|16645|app"):
                 await cp.device.write_register(0x4105, 1)
             await cp.enable(True)
             await asyncio.sleep(1.3)
@@ -523,7 +510,7 @@ def test_second_charge_point_behind_one_unit(model: str, stride: int, sims: SimC
                 with pytest.raises(UnsupportedByModel, match="connector 3 does not exist"):
                     await make(3).setup()  # the station reports 2 charge points
             else:
-                with pytest.raises(MapError, match="connector 3 is outside 1..2"):
+                with pytest.raises(MapError, match=r"connector 3 is outside 1..2"):
                     make(3)
 
     run(scenario())

@@ -1,13 +1,12 @@
 """The whole path on real parts: mosquitto, pymodbus servers over TCP and RTU (socat pty),
 RDM6300 readers on ptys, SQLite on disk, and the agent as its own process."""
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 
-from hardware_sim.site import RESIDENTS, UNKNOWN_TOKEN, SimulatedSite
+from hardware_sim.site import UNKNOWN_TOKEN, SimulatedSite
+from helpers import edge_agent, lists_applied
 
 KARI, OLA, PER_BLOCKED = "04A2B3C4D5", "0A1B2C3D4E", "DEADBEEF01"
 
@@ -16,11 +15,6 @@ KARI, OLA, PER_BLOCKED = "04A2B3C4D5", "0A1B2C3D4E", "DEADBEEF01"
 def site(tmp_path):
     with SimulatedSite(tmp_path / "site", speed=60, poll_interval_s=0.2, ack_timeout_s=5) as s:
         yield s
-
-
-def lists_applied(site: SimulatedSite) -> bool:
-    return site.cloud.wait_for(lambda: (site.cloud.state or {}).get("users_version") == 1
-                               and site.cloud.state.get("tariffs_version") == 1, 15)
 
 
 def unique(site: SimulatedSite, type_: str) -> list[dict]:
@@ -108,8 +102,7 @@ def test_online_then_offline_sessions_all_reach_the_cloud(site):
     assert rejected[UNKNOWN_TOKEN]["data"]["reason"] == "offline_unknown"
     assert all(e["offline"] for e in rejected.values())
 
-    out = subprocess.run([sys.executable, "-m", "edge_agent", "outbox", "--data-dir", str(site.data_dir),
-                          "--json"], capture_output=True, text=True, check=True)
+    out = edge_agent("outbox", "--data-dir", site.data_dir, "--json", check=True)
     assert json.loads(out.stdout)["pending"] == 0
 
 

@@ -6,11 +6,8 @@ shows them. A spike that comes back is ignored as before: nothing un-billed, no 
 import json
 import math
 import sqlite3
-import subprocess
-import sys
 import time
-from datetime import datetime, timezone
-from pathlib import Path
+from datetime import UTC, datetime
 
 from drivers.api import ChargerReading, Measurement
 from edge_agent.sessions import ActiveSession, EndSession, EnergyCounterRebased, EvseSessionMachine
@@ -18,11 +15,11 @@ from edge_agent.store import SessionRecord, Store
 from edge_agent.store._schema import MIGRATIONS
 from hardware_sim.chargers import SimCharger
 from hardware_sim.site import SimulatedSite
+from helpers import cli
 
-AT = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 KARI = "04A2B3C4D5"
 JUMP_WH = 50_000
-ENTRY = Path(sys.executable).with_name("edge-agent")
 
 
 # -- the session machine --------------------------------------------------------------------------
@@ -247,14 +244,12 @@ def test_a_lasting_jump_reaches_the_cloud_and_billed_plus_unbilled_is_the_regist
         ended_seq = site.cloud.find_event("session_ended", session_id=started["session_id"])["seq"]
         assert raised["seq"] < ended_seq < cleared["seq"] and cleared["data"]["error"] is None
 
-        out = subprocess.run([str(ENTRY), "sessions", "--config", str(site.config_path), "--json"],
-                             capture_output=True, text=True, timeout=60)
+        out = cli("sessions", "--config", site.config_path, "--json")
         assert out.returncode == 0, out.stderr
         rows = {r["id"]: r for r in json.loads(out.stdout)}
         assert (rows[started["session_id"]]["unbilled_wh"], rows[started["session_id"]]["energy_wh"]) == (
             ended["unbilled_wh"], ended["energy_wh"])
         assert rows[started["session_id"]]["unbilled_reason"] == ended["unbilled_reason"]
         assert rows[spiked["session_id"]]["unbilled_wh"] == 0
-        table = subprocess.run([str(ENTRY), "sessions", "--config", str(site.config_path)],
-                               capture_output=True, text=True, timeout=60).stdout
+        table = cli("sessions", "--config", site.config_path).stdout
         assert f"{jumped_by / 1000:.3f}" in table and f"not billed: counter jumped by {jumped_by} Wh" in table

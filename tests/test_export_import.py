@@ -4,8 +4,6 @@ the new agent sends every pending event to the cloud, with the sequence numbers 
 import io
 import json
 import sqlite3
-import subprocess
-import sys
 import tarfile
 import time
 from pathlib import Path
@@ -14,14 +12,9 @@ import pytest
 
 from edge_agent.store import SCHEMA_VERSION
 from hardware_sim.site import SimulatedSite
+from helpers import cli
 
 KARI, OLA = "04A2B3C4D5", "0A1B2C3D4E"
-ENTRY = Path(sys.executable).with_name("edge-agent")
-
-
-def cli(*args, timeout=60):
-    command = [str(ENTRY)] if ENTRY.exists() else [sys.executable, "-m", "edge_agent"]
-    return subprocess.run([*command, *map(str, args)], capture_output=True, text=True, timeout=timeout)
 
 
 def pending_ids(db: Path) -> list[str]:

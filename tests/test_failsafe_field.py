@@ -10,7 +10,7 @@ process killed with SIGKILL.
 """
 from __future__ import annotations
 
-import asyncio
+import itertools
 import json
 import logging
 import os
@@ -18,9 +18,9 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Coroutine, Iterator
+from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -29,29 +29,13 @@ from hardware_sim.broker import MosquittoBroker
 from hardware_sim.chargers import SimCharger, SimChargerThread
 from hardware_sim.cloud import SimCloud
 from hardware_sim.site import RESIDENTS, TARIFFS, SimulatedSite
+from helpers import ROOT, edge_agent, run, wait_for
 
-T = TypeVar("T")
-ROOT = Path(__file__).resolve().parent.parent
 ALFEN = "alfen-ng9xx"
 KARI, OLA = "04A2B3C4D5", "0A1B2C3D4E"
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 60)
-
-    return asyncio.run(bounded())
-
-
-def edge_agent(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", *args], cwd=ROOT, capture_output=True,
-                          text=True, timeout=60)
-
-
-@pytest.fixture
-def sims() -> Iterator[SimChargerThread]:
-    with SimChargerThread() as thread:
-        yield thread
+edge_agent = partial(edge_agent, cwd=ROOT)
 
 
 def alfen(registry: BusRegistry, port: int, **options: Any) -> ModbusCharger:
@@ -249,7 +233,7 @@ class AlfenGarage:
         self.cloud = SimCloud(self.broker.host, self.broker.port, gateway_id="gw-alfen")
         self.cloud.wait_connected(10)
         self.config_path.write_text(self.config_text(), encoding="utf-8")
-        log = open(self.agent_log, "ab")  # noqa: SIM115 - the child owns it
+        log = open(self.agent_log, "ab")  # the child owns it
         self.agent = subprocess.Popen([sys.executable, "-m", "edge_agent", "run", "--config", str(self.config_path)],
                                       stdout=log, stderr=subprocess.STDOUT, start_new_session=True, cwd=ROOT,
                                       env=dict(os.environ, PYTHONUNBUFFERED="1"))
@@ -292,13 +276,7 @@ chargers:
         return "\n".join(text.splitlines()[-lines:])
 
 
-def _wait(predicate: Any, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.1)
-    return bool(predicate())
+_wait = partial(wait_for, interval=0.1)
 
 
 @pytest.mark.slow
@@ -350,7 +328,7 @@ def test_alfen_20_s_and_300_s_validity_never_fall_back_over_5_minutes_idle_or_ch
         # Re-written at 0.4 of the validity (plus one poll), never at the default's 24 s.
         for evse, sim in sims.items():
             stamps = [t for t, register, _ in sim.writes if register == 1210 and t >= start]
-            gaps = [b - a for a, b in zip(stamps, stamps[1:])]
+            gaps = [b - a for a, b in itertools.pairwise(stamps)]
             limit = 0.4 * validities[evse] + 2.5
             assert gaps and max(gaps) <= limit, f"EVSE {evse}: gaps up to {max(gaps or [0]):.1f} s (limit {limit:g})"
             print(f"EVSE {evse} validity {validities[evse]:g} s: {len(stamps)} re-writes in {window_s:g} s, "

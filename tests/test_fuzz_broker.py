@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from hardware_sim.site import SimulatedSite
 from test_fuzz_seam import (  # the strategies of the seam fuzz (tests/ is on sys.path under pytest)
     COMMANDS,
     TARIFFS,
@@ -33,8 +35,6 @@ from test_fuzz_seam import (  # the strategies of the seam fuzz (tests/ is on sy
     surrogate_messages,
     valid_full_lists,
 )
-
-from hardware_sim.site import SimulatedSite
 
 MESSAGES = 250
 KARI = "04A2B3C4D5"

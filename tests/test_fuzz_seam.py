@@ -18,9 +18,7 @@ import itertools
 import json
 import logging
 import sqlite3
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -106,7 +104,7 @@ class Seam:
         self.tried += 1
 
         async def go() -> None:
-            self.site._on_message(Inbound(topic, payload, retain))
+            self.site._on_message(Inbound(topic, payload, retain))  # noqa: SLF001
             for _ in range(200):
                 await asyncio.sleep(0)
                 others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
@@ -294,14 +292,14 @@ BAD_TOKEN = st.one_of(st.integers(), st.none(), st.sampled_from(["", "xyz", "04 
 
 def user_breakers(prefix: tuple[Any, ...]) -> list[st.SearchStrategy[tuple[tuple[Any, ...], Any]]]:
     return [
-        st.tuples(st.just(prefix + ("id",)), st.one_of(NOT_STR, st.just(""), st.just(_DELETE))),
-        st.tuples(st.just(prefix + ("tokens",)), st.one_of(st.just(_DELETE), st.none(), st.text(max_size=4), st.integers())),
-        st.tuples(st.just(prefix + ("tokens", 0)), BAD_TOKEN),
-        st.tuples(st.just(prefix + ("blocked",)), st.one_of(st.integers(), st.text(max_size=3), st.lists(st.booleans(), max_size=1))),
-        st.tuples(st.just(prefix + ("valid_until",)), st.one_of(st.integers(), st.sampled_from(
+        st.tuples(st.just((*prefix, "id")), st.one_of(NOT_STR, st.just(""), st.just(_DELETE))),
+        st.tuples(st.just((*prefix, "tokens")), st.one_of(st.just(_DELETE), st.none(), st.text(max_size=4), st.integers())),
+        st.tuples(st.just((*prefix, "tokens", 0)), BAD_TOKEN),
+        st.tuples(st.just((*prefix, "blocked")), st.one_of(st.integers(), st.text(max_size=3), st.lists(st.booleans(), max_size=1))),
+        st.tuples(st.just((*prefix, "valid_until")), st.one_of(st.integers(), st.sampled_from(
             ["never", "2026-13-01T00:00:00Z", "2026-01-01T00:00:00", "9999-12-31T23:59:59-23:59", "0000-01-01"]))),
-        st.tuples(st.just(prefix + ("name",)), st.one_of(st.integers(), st.lists(st.text(max_size=2), max_size=2), st.booleans())),
-        st.tuples(st.just(prefix + ("group",)), st.one_of(st.integers(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))),
+        st.tuples(st.just((*prefix, "name")), st.one_of(st.integers(), st.lists(st.text(max_size=2), max_size=2), st.booleans())),
+        st.tuples(st.just((*prefix, "group")), st.one_of(st.integers(), st.dictionaries(st.text(max_size=2), st.integers(), max_size=1))),
     ]
 
 
@@ -345,7 +343,7 @@ def invalid_full_lists(draw: st.DrawFn, local: int) -> dict[str, Any]:
 @st.composite
 def valid_full_lists(draw: st.DrawFn, version: int) -> dict[str, Any]:
     users = []
-    for n, user in enumerate(draw(st.lists(st.sampled_from(USERS), max_size=3, unique_by=lambda u: u["id"]))):
+    for _n, user in enumerate(draw(st.lists(st.sampled_from(USERS), max_size=3, unique_by=lambda u: u["id"]))):
         users.append(with_noise({**user, "name": draw(st.text(max_size=40))}, draw))
     return with_noise({"version": version, "users": users}, draw)
 
@@ -570,11 +568,11 @@ def string_places(obj: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any,
         places.append((path, False))
     elif isinstance(obj, dict):
         for key, child in obj.items():
-            places.append((path + (key,), True))
-            places.extend(string_places(child, path + (key,)))
+            places.append(((*path, key), True))
+            places.extend(string_places(child, (*path, key)))
     elif isinstance(obj, list):
         for i, child in enumerate(obj):
-            places.extend(string_places(child, path + (i,)))
+            places.extend(string_places(child, (*path, i)))
     return places
 
 
@@ -663,7 +661,7 @@ def test_commands_past_expires_at_answer_expired(seam, data):
 @given(data=st.data())
 def test_other_topics_are_not_acted_on(seam, data):
     topic = data.draw(st.one_of(
-        st.sampled_from([f"edge/v1/gw-other/cmd/stop", f"edge/v1/gw-other/config/users", f"{ROOT}x/cmd/stop",
+        st.sampled_from(["edge/v1/gw-other/cmd/stop", "edge/v1/gw-other/config/users", f"{ROOT}x/cmd/stop",
                          f"{ROOT}/cmd/stop/extra", f"{ROOT}/events", f"{ROOT}/state", f"{ROOT}/result",
                          f"{ROOT}/evse/1/status", "edge/v1", "", "#", f"{ROOT}/config/users/extra"]),
         st.text(max_size=40).filter(lambda t: not t.startswith(ROOT + "/"))))

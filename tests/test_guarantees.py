@@ -16,13 +16,9 @@ import pytest
 from edge_agent.store import SessionRecord, Store
 from hardware_sim.chargers import SimCharger
 from hardware_sim.site import UNKNOWN_TOKEN, SimulatedSite
+from helpers import lists_applied
 
 KARI, PER_BLOCKED = "04A2B3C4D5", "DEADBEEF01"
-
-
-def lists_applied(site: SimulatedSite) -> bool:
-    return site.cloud.wait_for(lambda: (site.cloud.state or {}).get("users_version") == 1
-                               and site.cloud.state.get("tariffs_version") == 1, 15)
 
 
 def arrivals(site: SimulatedSite, event_id: str) -> list[dict]:
@@ -232,7 +228,7 @@ def synchronous(store: Store) -> int:
 
 
 def test_an_acknowledgement_restores_full_durability_for_what_follows(tmp_path):
-    FULL = 2
+    FULL = 2  # noqa: N806 - PRAGMA synchronous=FULL, by SQLite's name
     with Store(tmp_path) as store:
         assert synchronous(store) == FULL
         events = [store.append_event("t", {"i": i}, ts="2026-01-01T00:00:00Z", offline=False) for i in range(3)]

@@ -17,8 +17,6 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import InvalidOperation, Overflow
@@ -31,6 +29,7 @@ from edge_agent.pricing import MeterSample
 from edge_agent.site import Site
 from edge_agent.store import SessionRecord, Store
 from hardware_sim.site import RESIDENTS, TARIFFS, SimulatedSite
+from helpers import edge_agent
 
 KARI = "04A2B3C4D5"
 
@@ -180,8 +179,7 @@ def test_a_stop_ends_a_session_its_tariff_cannot_price(tmp_path):
         assert cloud.wait_for(lambda: cloud.evse_status["1"]["session_id"] is None, 15)
 
         # The session row says the same, and the technician sees it.
-        out = subprocess.run([sys.executable, "-m", "edge_agent", "sessions", "--config", str(site.config_path)],
-                             capture_output=True, text=True, timeout=60)
+        out = edge_agent("sessions", "--config", site.config_path)
         assert out.returncode == 0, out.stderr
         assert "unpriced" in out.stdout.splitlines()[-1], out.stdout
         assert "Traceback" not in site.agent_log.read_text()
@@ -200,13 +198,11 @@ def test_edge_agent_price_on_an_unpriceable_tariff_is_a_clear_error(tmp_path):
     for tariff_obj, cdr_obj, message in cases:
         (tmp_path / "tariff.json").write_text(json.dumps(tariff_obj), encoding="utf-8")
         (tmp_path / "cdr.json").write_text(json.dumps(cdr_obj), encoding="utf-8")
-        out = subprocess.run([sys.executable, "-m", "edge_agent", "price", "--tariff", str(tmp_path / "tariff.json"),
-                              "--cdr", str(tmp_path / "cdr.json")], capture_output=True, text=True, timeout=60)
+        out = edge_agent("price", "--tariff", tmp_path / "tariff.json", "--cdr", tmp_path / "cdr.json")
         assert (out.returncode, out.stdout) == (1, ""), out
         assert out.stderr.startswith(f"cannot price: {message}") and "Traceback" not in out.stderr
     (tmp_path / "tariff.json").write_bytes(b"\xff\xfe{")
-    out = subprocess.run([sys.executable, "-m", "edge_agent", "price", "--tariff", str(tmp_path / "tariff.json"),
-                          "--cdr", str(tmp_path / "cdr.json")], capture_output=True, text=True, timeout=60)
+    out = edge_agent("price", "--tariff", tmp_path / "tariff.json", "--cdr", tmp_path / "cdr.json")
     assert out.returncode == 2 and out.stderr.startswith(f"cannot read input: {tmp_path / 'tariff.json'}: not valid")
 
 

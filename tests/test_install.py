@@ -26,7 +26,7 @@ def wheelhouse(tmp_path_factory):
     src = tmp_path_factory.mktemp("src")
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, src / name)
-    for name in ("edge_agent", "drivers", "hardware_sim"):
+    for name in ("edge_agent", "drivers"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     wheels = tmp_path_factory.mktemp("wheelhouse")
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--disable-pip-version-check", "-w", str(wheels),
@@ -142,6 +142,12 @@ def test_fresh_install_user_directories_and_permissions(installed):
     module = os.path.realpath(where.stdout.strip())
     assert module.startswith(str(installed / "opt/edge-agent-releases")) and "site-packages" in module, module
     assert not list(REPO.glob("build")), "the installer must not build inside the checkout"
+    # Production carries no simulators: none in the installed tree, and none importable.
+    sims = [str(p) for p in installed.rglob("*hardware_sim*")]
+    assert sims == [], sims
+    sim = subprocess.run([str(opt / "bin/python"), "-c", "import hardware_sim"], capture_output=True, text=True,
+                         cwd="/")
+    assert sim.returncode != 0 and "No module named 'hardware_sim'" in sim.stderr, sim.stdout + sim.stderr
 
 
 def test_upgrade_migrates_and_keeps_data_then_a_downgrade_is_refused(installed, wheelhouse):

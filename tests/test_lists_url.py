@@ -18,11 +18,11 @@ from typing import Any
 
 import pytest
 
+from drivers.tokens import normalize_uid
 from edge_agent.cloud import DownloadPolicy, PayloadError, TlsFiles
 from edge_agent.cloud._credentials import tls_context
 from edge_agent.lists import UserListUpdater, apply_user_list
 from edge_agent.store import Store
-from edge_agent.tokens import normalize_uid
 from hardware_sim.certs import CertificateAuthority
 from hardware_sim.cloud import ListServer, ListServerFault, user_list_file
 from hardware_sim.site import RESIDENTS, SimulatedSite
@@ -253,7 +253,7 @@ def test_sigkill_during_the_swap_leaves_the_old_list_or_the_new_one_never_a_mix(
         print("done", flush=True)
     """)
     outcomes = set()
-    for attempt in range(4):
+    for _attempt in range(4):
         child = subprocess.Popen([sys.executable, "-c", script, str(data), str(tmp_path / "new.json")],
                                  stdout=subprocess.PIPE, text=True)
         assert child.stdout.readline().strip() == "swapping"

@@ -308,7 +308,7 @@ def test_failsafe_currents_sum_within_the_budget_with_fixed_ones_kept() -> None:
     assert failsafe_currents(fixed) == {"1": 20, "2": 6, "3": 6}
     over = LimitTree(max_current_a=32, evses=(EvseLink(evse_id="1", failsafe_current_a=20),
                                               EvseLink(evse_id="2", failsafe_current_a=16)))
-    with pytest.raises(FailsafeBudgetError, match="EVSE.* 1, 2 alone exceed site L1: 36.00 A > 32.00 A"):
+    with pytest.raises(FailsafeBudgetError, match=r"EVSE.* 1, 2 alone exceed site L1: 36.00 A > 32.00 A"):
         failsafe_currents(over)
 
 

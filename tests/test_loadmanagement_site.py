@@ -196,7 +196,7 @@ def test_site_meter_silent_safe_current_within_the_configured_time(site: LoadSit
             await asyncio.sleep(1)
             return t0, silent_at, status
 
-    t0, silent_at, status = asyncio.run(asyncio.wait_for(scenario(), 60))
+    t0, _silent_at, status = asyncio.run(asyncio.wait_for(scenario(), 60))
     checker.stop()
     report = checker.report(since=t0)
     print(report.summary())
@@ -234,7 +234,7 @@ def test_agent_sigkilled_chargers_fall_back_to_failsafe_currents_within_the_limi
                 raise AssertionError("the agent never settled: " + (tmp_path / "agent.log").read_text()[-2000:])
             time.sleep(0.2)
             charging = sum(1 for s in site.sims.values() if s.state == "C")
-            recent = [t for t in LoadChecker._changes(checker.setpoint_writes(0), 0) if t > time.monotonic() - 2.5]
+            recent = [t for t in LoadChecker._changes(checker.setpoint_writes(0), 0) if t > time.monotonic() - 2.5]  # noqa: SLF001
             if charging >= 8 and not recent and all(
                     s.writes_to(FAILSAFE_CURRENT) and s.register(FAILSAFE_CURRENT) == expected[e]
                     for e, s in site.sims.items()):

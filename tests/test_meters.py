@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import struct
-from collections.abc import Coroutine, Iterator
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 
@@ -20,29 +19,10 @@ from drivers.modbus import BusRegistry, MapError, ModbusMeter, available_meter_m
 from hardware_sim.chargers import SimCharger, SimChargerThread
 from hardware_sim.meters import SimMeter
 from hardware_sim.pty import SocatPair
+from helpers import run
 
-T = TypeVar("T")
 TIMEOUT = 0.3
 UNITS = {"eastron-sdm630": 1, "eastron-sdm120": 2, "eastron-sdm72": 3, "carlo-gavazzi-em340": 4, "abb-b23": 5}
-
-
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 60)
-
-    return asyncio.run(bounded())
-
-
-@pytest.fixture
-def sims() -> Iterator[SimChargerThread]:
-    with SimChargerThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def pair() -> Iterator[SocatPair]:
-    with SocatPair() as p:
-        yield p
 
 
 def meter(registry: BusRegistry, model: str, path: str, **options: Any) -> ModbusMeter:

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any
 
 import pytest
 
@@ -18,30 +18,14 @@ from drivers.modbus import BusRegistry, ModbusCharger, ModbusMeter, create_charg
 from hardware_sim.chargers import SimCharger, SimChargerThread
 from hardware_sim.meters import SimMeter
 from hardware_sim.pty import SocatPair
+from helpers import run
 
-T = TypeVar("T")
 HEC = "heidelberg-energy-control"
 INTERVAL = 1.0  # the agent's default poll interval
 TIMEOUT = 1.0  # the agent's default Modbus timeout
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 120)
-
-    return asyncio.run(bounded())
-
-
-@pytest.fixture
-def sims() -> Iterator[SimChargerThread]:
-    with SimChargerThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def pair() -> Iterator[SocatPair]:
-    with SocatPair() as p:
-        yield p
+run = partial(run, limit=120)  # the bus tests poll for long: more than helpers.run's 60 s
 
 
 @dataclass

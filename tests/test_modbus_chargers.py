@@ -9,7 +9,8 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
+from functools import partial
 from typing import Any, TypeVar
 
 import pytest
@@ -25,6 +26,7 @@ from drivers.errors import (
 from drivers.modbus import BusRegistry, ModbusCharger, create_charger
 from hardware_sim.chargers import SimCharger, SimChargerThread
 from hardware_sim.pty import SocatPair
+from helpers import run
 
 T = TypeVar("T")
 HEC = "heidelberg-energy-control"
@@ -33,29 +35,13 @@ TIMEOUT = 0.3
 GAP = 0.02  # frame gap where a test is not about pacing; the map's 100 ms is tested on its own
 
 
-def run(coro: Coroutine[Any, Any, T]) -> T:
-    async def bounded() -> T:
-        return await asyncio.wait_for(coro, 30)
-
-    return asyncio.run(bounded())
+run = partial(run, limit=30)  # short tests: a hang fails sooner than helpers.run's 60 s
 
 
 async def timed(coro: Coroutine[Any, Any, T]) -> tuple[T, float]:
     start = time.perf_counter()
     result = await coro
     return result, time.perf_counter() - start
-
-
-@pytest.fixture
-def sims() -> Iterator[SimChargerThread]:
-    with SimChargerThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def pair() -> Iterator[SocatPair]:
-    with SocatPair() as p:
-        yield p
 
 
 def bender(registry: BusRegistry, port: int, **options: Any) -> ModbusCharger:

@@ -237,7 +237,7 @@ def test_unknown_model_lists_known_ones() -> None:
         load_map("no-such-charger")
     with pytest.raises(MapError, match="eastron-sdm630"):
         load_meter_map("no-such-meter")
-    with pytest.raises(MapError, match="bender-cc613.*eastron-sdm630"):
+    with pytest.raises(MapError, match=r"bender-cc613.*eastron-sdm630"):
         load_any_map("../maps/bender-cc613")
 
 

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from decimal import Decimal
 from pathlib import Path
 
 import pytest
+
+from helpers import edge_agent
 
 CASES_DIR = Path(__file__).resolve().parents[1].parent / "shared/external/ocpi-cases"
 # Its README says cases/NN-<id>.json; the folder holds them at its top: either is read.
@@ -31,9 +32,8 @@ def case_id(path: Path) -> str:
 def price(case: dict, tmp_path: Path) -> subprocess.CompletedProcess:
     (tmp_path / "tariff.json").write_text(json.dumps(case["tariff"]), encoding="utf-8")
     (tmp_path / "cdr.json").write_text(json.dumps(case["cdr"]), encoding="utf-8")
-    return subprocess.run([sys.executable, "-m", "edge_agent", "price", "--tariff", str(tmp_path / "tariff.json"),
-                           "--cdr", str(tmp_path / "cdr.json"), "--tz", case["tz"]],
-                          capture_output=True, text=True, timeout=120)
+    return edge_agent("price", "--tariff", tmp_path / "tariff.json", "--cdr", tmp_path / "cdr.json", "--tz", case["tz"],
+                      timeout=120)
 
 
 def test_the_folder_holds_the_cases_its_readme_lists():

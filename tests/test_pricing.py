@@ -435,7 +435,7 @@ def test_parse_keeps_decimals_exact_and_validity_dates():
     assert t.elements[1].price_components[0].vat is None
     assert t.min_price == pricing.Price(excl_vat=d("0.1"))
     assert t.end_date_time == datetime(2019, 6, 30, 23, 59, 59, tzinfo=UTC)
-    with pytest.raises(TariffError, match="^tariff: must be a JSON object"):
+    with pytest.raises(TariffError, match=r"^tariff: must be a JSON object"):
         parse_tariff([VALID])
 
 

@@ -2,8 +2,6 @@
 charging periods), RunningCost (cost_so_far), DST in Europe/Oslo, and the `edge-agent price` CLI."""
 import json
 import statistics
-import subprocess
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -12,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.pricing import MeterSample, RunningCost, money_json, price_session, running_cost, tariff_in_list
+from helpers import edge_agent
 
 VECTORS = json.loads((Path(__file__).parent / "data/tariff-vectors.json").read_text(encoding="utf-8"))
 OSLO = "Europe/Oslo"
@@ -19,10 +18,6 @@ OSLO = "Europe/Oslo"
 
 def utc(text: str) -> datetime:
     return datetime.fromisoformat(text).replace(tzinfo=UTC)
-
-
-def edge_agent(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True)
 
 
 # -- every shared vector through the real entry point ----------------------------------------

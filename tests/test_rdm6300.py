@@ -93,10 +93,10 @@ def test_default_window_is_measured_from_the_last_frame() -> None:
     reader = Rdm6300Reader(port="/nonexistent", evse_id="1", on_tap=taps.append)
     assert reader.debounce_s == 2.0
     for at in (100.0, 101.9, 103.8, 105.7):  # card held for 5.7 s, frames 1.9 s apart
-        reader._sighting(TOKEN, at)
+        reader._sighting(TOKEN, at)  # noqa: SLF001
     assert [t.monotonic for t in taps] == [100.0]
-    reader._sighting(TOKEN, 107.8)  # 2.1 s after the last frame: a new tap
-    reader._sighting(OTHER_TOKEN, 107.9)  # another card is its own tap at once
+    reader._sighting(TOKEN, 107.8)  # 2.1 s after the last frame: a new tap  # noqa: SLF001
+    reader._sighting(OTHER_TOKEN, 107.9)  # another card is its own tap at once  # noqa: SLF001
     assert [(t.token, t.monotonic) for t in taps] == [(TOKEN, 100.0), (TOKEN, 107.8), (OTHER_TOKEN, 107.9)]
 
 

@@ -10,7 +10,6 @@ import logging
 import os
 import struct
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,15 +18,7 @@ from drivers.api import Tap
 from drivers.readers import HidReader, create_reader
 from drivers.readers.hid import EV_KEY, EVENT
 from hardware_sim.hid_keyboard import SimHidReader
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
+from helpers import wait_for
 
 
 def test_event_layout_is_the_kernels() -> None:

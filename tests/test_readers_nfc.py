@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import logging
 import time
-from collections.abc import Callable
 from typing import Any
 
 import nfc
@@ -14,15 +13,7 @@ import pytest
 from drivers.api import Tap
 from drivers.readers import NfcReader, create_reader
 from hardware_sim.nfc_tag import SimNfcField
-
-
-def wait_for(check: Callable[[], bool], timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if check():
-            return True
-        time.sleep(0.01)
-    return check()
+from helpers import wait_for
 
 
 @pytest.mark.parametrize("uid", ["04A2B3C4", "04a2b3c4d5e6f7", "0102030405060708090A"])
@@ -69,7 +60,7 @@ class FlakyOpener:
     def __call__(self, device: str) -> Any:
         self.calls += 1
         if self.calls <= self.missing:
-            raise IOError(errno.ENODEV, "No such device")
+            raise OSError(errno.ENODEV, "No such device")
         return nfc.ContactlessFrontend(device)
 
 
@@ -103,7 +94,7 @@ def test_a_reader_that_breaks_while_reading_is_reopened(caplog: pytest.LogCaptur
         def sense(self, *targets: Any, **options: Any) -> Any:
             if self.fail:
                 self.fail = False
-                raise IOError(errno.ENODEV, "No such device")
+                raise OSError(errno.ENODEV, "No such device")
             return self.real.sense(*targets, **options)
 
         def close(self) -> None:

@@ -6,7 +6,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.readers import uid_from_bytes, uid_from_decimal, uid_from_typed
-from edge_agent.tokens import InvalidToken, normalize_uid
+from drivers.tokens import InvalidToken, normalize_uid
 
 UIDS = {4: "04A2B3C4", 7: "04A2B3C4D5E6F7", 10: "0102030405060708090A"}
 

@@ -4,7 +4,6 @@ import csv
 import io
 import json
 import subprocess
-import sys
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_UP, Decimal
 from zoneinfo import ZoneInfo
@@ -14,6 +13,7 @@ import pytest
 from edge_agent.pricing import MeterSample, price_session
 from edge_agent.reports import Period, quarter_of
 from edge_agent.store import SessionRecord, Store
+from helpers import edge_agent as run_edge_agent
 
 OSLO = ZoneInfo("Europe/Oslo")
 RES = {"id": "T-RES", "currency": "NOK", "elements": [
@@ -82,7 +82,7 @@ def data_dir(tmp_path):
 
 
 def edge_agent(*args: str) -> subprocess.CompletedProcess:
-    out = subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True)
+    out = run_edge_agent(*args)
     assert out.returncode == 0, out.stderr
     return out
 
@@ -209,12 +209,9 @@ def test_sessions_filters_and_csv(data_dir):
 
 
 def test_bad_dates_and_missing_database_are_clear_errors(tmp_path, data_dir):
-    out = subprocess.run([sys.executable, "-m", "edge_agent", "report", "--data-dir", str(data_dir),
-                          "--from", "2026-02-30"], capture_output=True, text=True)
+    out = run_edge_agent("report", "--data-dir", data_dir, "--from", "2026-02-30")
     assert out.returncode == 2 and "--from: '2026-02-30' is not a date as YYYY-MM-DD" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "edge_agent", "report", "--data-dir", str(data_dir),
-                          "--from", "2026-03-01", "--to", "2026-02-01"], capture_output=True, text=True)
+    out = run_edge_agent("report", "--data-dir", data_dir, "--from", "2026-03-01", "--to", "2026-02-01")
     assert out.returncode == 2 and "--to 2026-02-01 is before --from 2026-03-01" in out.stderr
-    out = subprocess.run([sys.executable, "-m", "edge_agent", "report", "--data-dir", str(tmp_path / "nothing")],
-                         capture_output=True, text=True)
+    out = run_edge_agent("report", "--data-dir", tmp_path / "nothing")
     assert out.returncode == 1 and "no database in" in out.stderr

@@ -16,7 +16,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import zoneinfo
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ import pytest
 from edge_agent.pricing import MeterSample, RunningCost, money_json, price_session
 from edge_agent.store import Store
 from hardware_sim.site import SimulatedSite
+from helpers import edge_agent
 
 KARI, OLA = "04A2B3C4D5", "0A1B2C3D4E"  # both residents
 LEAD_S = 12  # from compiling the zone to the price boundary; the site is up and charging in ~3 s
@@ -256,7 +256,7 @@ def test_time_of_day_change_and_a_new_tariff_list_mid_session(tmp_path, use_zone
             at = utc(status["ts"])
             points = sorted([(utc(s["ts"]), s["energy_wh"]) for s in samples if utc(s["ts"]) <= at]
                             + [(at, status["energy_wh"])])
-            excl, incl = hand_price(*energy_around(points, boundary))
+            _excl, incl = hand_price(*energy_around(points, boundary))
             assert status["cost_so_far"] == pytest.approx(incl, abs=1e-3), (status, incl)
         assert [s["cost_so_far"] for s in running] == sorted(s["cost_so_far"] for s in running)
         assert any(utc(s["ts"]) > boundary for s in running) and any(utc(s["ts"]) < boundary for s in running)
@@ -272,9 +272,8 @@ def test_time_of_day_change_and_a_new_tariff_list_mid_session(tmp_path, use_zone
 
         # The report's sums are the sessions' costs, summed then rounded to cents.
         days = sorted(wall(utc(d["started_at"]), offset).date().isoformat() for d in (data, data_2))
-        out = subprocess.run([sys.executable, "-m", "edge_agent", "report", "--config", str(site.config_path),
-                              "--from", days[0], "--to", days[-1], "--json"],
-                             capture_output=True, text=True, check=True)
+        out = edge_agent("report", "--config", site.config_path, "--from", days[0], "--to", days[-1], "--json",
+                         check=True)
         report = json.loads(out.stdout)
         cent = lambda x: float(Decimal(str(x)).quantize(Decimal("0.01"), ROUND_HALF_UP))  # noqa: E731
         by_evse = {row["key"]: row for row in report["by_evse"]}

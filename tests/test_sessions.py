@@ -1,5 +1,5 @@
 """The per-EVSE state machine, fed events directly (no I/O)."""
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from drivers.api import ChargerReading, Measurement
 from edge_agent.authorization import Decision
@@ -14,7 +14,7 @@ from edge_agent.sessions import (
 )
 from edge_agent.store import UserRecord
 
-AT = datetime(2026, 3, 1, 12, 0, tzinfo=timezone.utc)
+AT = datetime(2026, 3, 1, 12, 0, tzinfo=UTC)
 KARI = UserRecord("u-1", "Kari", None, "residents", False, None)
 ACCEPTED = Decision(True, "04A2B3", KARI, method="local_list")
 

@@ -7,7 +7,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -19,6 +19,7 @@ from hardware_sim import broker as broker_module
 from hardware_sim.broker import MosquittoBroker, MosquittoError
 from hardware_sim.cloud import SimCloud
 from hardware_sim.cloud_view import format_event, format_evse_status, format_state
+from helpers import wait_for
 
 GATEWAY_ID = "gw-test-1"
 ROOT = f"edge/v1/{GATEWAY_ID}"
@@ -137,15 +138,6 @@ def connect_subscriber(broker: MosquittoBroker, client_id: str, topic: str) -> t
     return client, received, session
 
 
-def wait_until(predicate: Any, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return bool(predicate())
-
-
 # ---- broker ---------------------------------------------------------------------------------
 
 
@@ -167,12 +159,12 @@ def test_broker_restart_keeps_port_retained_messages_and_offline_queue(broker: M
     assert broker.running and broker.port == port and broker.pid != first_pid
 
     late, retained, _ = connect_subscriber(broker, "late-sub", "restart/retained")
-    assert wait_until(lambda: retained == [(b"kept", True)])
+    assert wait_for(lambda: retained == [(b"kept", True)])
     late.disconnect()
     late.loop_stop()
 
     back, queued, session = connect_subscriber(broker, "persistent-sub", "restart/queued")
-    assert wait_until(lambda: queued == [(b"waiting", False)])
+    assert wait_for(lambda: queued == [(b"waiting", False)])
     assert session["present"] is True
     back.disconnect()
     back.loop_stop()
@@ -183,10 +175,9 @@ def test_broker_restart_keeps_port_retained_messages_and_offline_queue(broker: M
 
 
 def test_broker_start_failure_reports_the_log() -> None:
-    with MosquittoBroker() as first:
-        with pytest.raises(MosquittoError, match="Address already in use"):
-            with MosquittoBroker(port=first.port):
-                pass
+    with (MosquittoBroker() as first, pytest.raises(MosquittoError, match="Address already in use"),
+          MosquittoBroker(port=first.port)):
+        pass
 
 
 def test_missing_mosquitto_says_how_to_install(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +200,7 @@ def test_events_are_recorded_and_acked_in_batches(cloud: SimCloud, gateway: Plai
     assert all(isinstance(event["received_at"], float) for event in cloud.events)
 
     all_ids = {event["id"] for event in events}
-    assert wait_until(lambda: gateway.acked_ids() == all_ids)
+    assert wait_for(lambda: gateway.acked_ids() == all_ids)
     ack_messages = gateway.received("ack")
     assert len(ack_messages) < 10, "acks for a burst are batched"
     assert cloud.acked_ids == all_ids
@@ -243,7 +234,7 @@ def test_acks_can_be_held_back_and_released(cloud: SimCloud, gateway: PlainGatew
     assert cloud.held_ack_ids == [second["id"]]
 
     cloud.auto_ack = True
-    assert wait_until(lambda: gateway.acked_ids() == {first["id"], second["id"]})
+    assert wait_for(lambda: gateway.acked_ids() == {first["id"], second["id"]})
     assert cloud.held_ack_ids == []
 
 
@@ -376,14 +367,14 @@ def test_cloud_reconnects_after_broker_restart_and_receives_again(
     broker.restart(crash=crash)
     assert cloud.wait_for(lambda: cloud.connect_count == 2 and cloud.connected, timeout=5)
     assert cloud.wait_connected(5)
-    assert wait_until(lambda: gateway.client.is_connected())
+    assert wait_for(lambda: gateway.client.is_connected())
     # A crashed broker saved nothing, so SimCloud must subscribe again by itself.
     assert cloud.session_present_flags == [False, not crash]
 
     after = make_event(2)
     gateway.publish("events", after)
     assert cloud.wait_event("meter_values", seq=2)["id"] == after["id"]
-    assert wait_until(lambda: after["id"] in gateway.acked_ids())
+    assert wait_for(lambda: after["id"] in gateway.acked_ids())
 
 
 @pytest.mark.parametrize("max_queued_messages", [0, 1000])
@@ -420,7 +411,7 @@ def test_view_formats_one_line_per_record() -> None:
         "data": {"evse_id": "1", "user_id": "u-1001", "energy_wh": 7420,
                  "cost": {"currency": "EUR", "excl_vat": 2.08, "incl_vat": 2.6}, "reason": "local"},
     }
-    line = format_event(ended, user_names={"u-1001": "Kari Nordmann"}, tz=timezone.utc)
+    line = format_event(ended, user_names={"u-1001": "Kari Nordmann"}, tz=UTC)
     assert line == "12:04:05 #17 session_ended evse 1 Kari Nordmann 7.42 kWh 2.60 EUR reason local offline"
     assert format_state({"online": False}) == "gateway: OFFLINE"
     assert "Charging" in format_evse_status({"evse_id": "1", "status": "Charging", "energy_wh": 1834217})

@@ -2,18 +2,12 @@
 agent processes. A second `edge-agent run` is refused before it opens the store, a bus, a reader
 or the broker; the lock goes with its holder, SIGKILL included."""
 import re
-import subprocess
-import sys
 import time
 
 from edge_agent.cli import EXIT_BUSY
 from edge_agent.instance_lock import LOCK_FILE
 from hardware_sim.site import SimulatedSite
-
-
-def edge_agent(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "edge_agent", *args], capture_output=True, text=True,
-                          timeout=timeout)
+from helpers import edge_agent
 
 
 def broker_connections(site: SimulatedSite) -> int:

@@ -3,35 +3,16 @@ simulated devices on a socat pty bus and on Modbus TCP. Parity N on the pty: a p
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
-import sys
-from collections.abc import Iterator
-from pathlib import Path
+from functools import partial
 
 import pytest
 
 from hardware_sim.chargers import SimCharger, SimChargerThread
 from hardware_sim.meters import SimMeter
 from hardware_sim.pty import SocatPair
+from helpers import cli
 
-EDGE_AGENT = shutil.which("edge-agent", path=str(Path(sys.executable).parent)) or "edge-agent"
-
-
-def edge_agent(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([EDGE_AGENT, *args], capture_output=True, text=True, timeout=timeout)
-
-
-@pytest.fixture
-def sims() -> Iterator[SimChargerThread]:
-    with SimChargerThread() as thread:
-        yield thread
-
-
-@pytest.fixture
-def pair() -> Iterator[SocatPair]:
-    with SocatPair() as p:
-        yield p
+edge_agent = partial(cli, timeout=120)  # the installed command; a scan of many units takes a while
 
 
 def test_scan_finds_the_devices_on_a_pty_bus_and_names_them(pair: SocatPair, sims: SimChargerThread) -> None:

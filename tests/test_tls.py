@@ -15,7 +15,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from edge_agent.cloud import Inbound, MqttLink, TlsFiles, link_credentials
+from edge_agent.cloud import MqttLink, TlsFiles, link_credentials
 from edge_agent.cloud._credentials import read_password, tls_context
 from edge_agent.config import ConfigError, parse_config_text
 from hardware_sim.broker import MosquittoBroker, PasswordListener, TlsListener

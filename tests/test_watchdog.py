@@ -5,6 +5,7 @@ socket this test reads (as systemd would), blocks the agent's event loop on purp
 test-only SIGUSR2 hook, and sees the WATCHDOG=1 pings stop for exactly that long.
 """
 import asyncio
+import itertools
 import logging
 import os
 import re
@@ -76,7 +77,7 @@ def test_a_blocked_event_loop_stops_the_watchdog_pings(tmp_path, notify, monkeyp
         assert notify.wait(lambda: any(m == "READY=1" for _, m in notify.messages), 20), site.agent_log_tail()
         assert notify.wait(lambda: len(notify.pings()) >= 3, 15), site.agent_log_tail()
         steady = notify.pings()
-        gaps = [b - a for a, b in zip(steady, steady[1:])]
+        gaps = [b - a for a, b in itertools.pairwise(steady)]
         assert all(0.7 < g < 3.0 for g in gaps), gaps  # never as late as WatchdogSec
         assert any(m.startswith("STATUS=cloud ") for _, m in notify.messages)
 
@@ -86,7 +87,7 @@ def test_a_blocked_event_loop_stops_the_watchdog_pings(tmp_path, notify, monkeyp
         during = notify.pings(after=blocked_at + 0.3, before=blocked_at + 5.8)
         assert during == [], f"pinged while the loop was blocked: {[round(t - blocked_at, 2) for t in during]}"
         around = notify.pings(after=blocked_at - 3)
-        assert max(b - a for a, b in zip(around, around[1:])) > 5.5
+        assert max(b - a for a, b in itertools.pairwise(around)) > 5.5
         assert site.agent.poll() is None, "the agent itself goes on; systemd would have restarted it"
         log = site.agent_log.read_text()
     assert log.count("test hook: blocking the event loop") == 1

@@ -16,10 +16,19 @@ import math
 import time
 from typing import TYPE_CHECKING
 
-from drivers.api import Charger, ChargerReading, Identifier, Measurement, Meter
+from drivers.api import (
+    Charger,
+    ChargerReading,
+    FailsafeReporter,
+    Identifier,
+    KeepAlive,
+    Measurement,
+    Meter,
+    OwnEnergyCounter,
+)
 from drivers.energy import SessionEnergyLifetime
 from drivers.errors import DeviceError, EnergyCounterError, ModbusExceptionResponse, NoValue, UnsupportedByModel
-from edge_agent.tokens import InvalidToken, normalize_uid
+from drivers.tokens import InvalidToken, normalize_uid
 
 from ._bus import ModbusDevice
 from ._mapio import METER_ROLES, MapIO
@@ -249,7 +258,7 @@ class ModbusCharger:
             return f"the fail-safe current could not be set on the charger: {self.failsafe_problem}"
         return None
 
-    # drivers.api.Charger
+    # State and control: enable and set_max_current are drivers.api.Charger's; status and enabled read back
 
     async def status(self) -> str:
         words = await self.io.read_roles(*self._state_roles)
@@ -648,8 +657,11 @@ class ModbusCharger:
         return self.io.measurement(words)
 
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # static checks: ModbusCharger has the core and every optional ability of drivers.api
     _charger: type[Charger] = ModbusCharger
     _meter: type[Meter] = ModbusCharger
     _identifier: type[Identifier] = ModbusCharger
+    _keepalive: type[KeepAlive] = ModbusCharger
+    _energy_counter: type[OwnEnergyCounter] = ModbusCharger
+    _failsafe: type[FailsafeReporter] = ModbusCharger
     _errors: type[DeviceError] = NoValue

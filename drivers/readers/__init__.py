@@ -13,7 +13,7 @@ recovery once each. Tokens: upper-case hex, no separators (drivers.readers._uid 
 """
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from drivers.api import Tap
 from drivers.readers._uid import uid_from_bytes, uid_from_decimal, uid_from_typed

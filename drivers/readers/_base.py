@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from drivers.api import Tap
 
@@ -92,7 +93,7 @@ class ThreadedReader:
             del self._last_seen[old]
         try:
             self._on_tap(Tap(token=token, reader=self.name, evse_id=self.evse_id, monotonic=at))
-        except Exception:
+        except Exception:  # noqa: BLE001 - logged with its traceback; the reader thread lives on
             self._log.exception("reader %s: on_tap failed for token %s", self.name, token)
 
     # -- the thread --

@@ -1,4 +1,4 @@
-"""Card UIDs from every kind of reader, to the one token form (edge_agent.tokens.normalize_uid).
+"""Card UIDs from every kind of reader, to the one token form (drivers.tokens.normalize_uid).
 
 * NFC readers (nfcpy) give the UID bytes in the order the card sends them (UID0 first):
   4, 7 or 10 bytes -> 8, 14 or 20 upper-case hex digits.
@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from edge_agent.tokens import InvalidToken, normalize_uid
+from drivers.tokens import InvalidToken, normalize_uid
 
 ByteOrder = Literal["big", "little"]
 UID_SIZES = (4, 7, 10)

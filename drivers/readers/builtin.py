@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from drivers.api import Identifier, Tap
 from drivers.errors import DeviceError

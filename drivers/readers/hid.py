@@ -20,10 +20,10 @@ import select
 import stat
 import struct
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from drivers.api import Tap
-from edge_agent.tokens import InvalidToken
+from drivers.tokens import InvalidToken
 
 from ._base import ThreadedReader
 from ._uid import ByteOrder, uid_from_typed
@@ -53,7 +53,7 @@ def key_events(chars: str) -> list[tuple[int, int]]:
         if code is None:
             raise ValueError(f"a card reader does not type {char!r}")
         out += [(code, 1), (code, 0)]
-    return out + [(28, 1), (28, 0)]
+    return [*out, (28, 1), (28, 0)]
 
 
 class HidReader(ThreadedReader):

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import serial
 
 from drivers.api import Tap
 from drivers.readers._base import ThreadedReader
-from edge_agent.tokens import normalize_uid
+from drivers.tokens import normalize_uid
 
 log = logging.getLogger(__name__)
 

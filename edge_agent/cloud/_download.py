@@ -61,7 +61,7 @@ async def download_to_file(url: str, destination: Path, *, sha256: str, verify: 
     try:
         async with asyncio.timeout(policy.total_timeout_s):
             # trust_env=False: no proxy, netrc or CA bundle from the environment changes what is trusted.
-            async with httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=True,
+            async with httpx.AsyncClient(verify=verify, timeout=timeout, follow_redirects=True,  # noqa: SIM117
                                          max_redirects=5, trust_env=False,
                                          event_hooks={"request": [_refuse_plain_http]}) as client:
                 async with client.stream("GET", url, headers={"Accept-Encoding": "identity"}) as response:

@@ -9,8 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from drivers.tokens import InvalidToken, normalize_uid
+
 from ..clock import parse_rfc3339
-from ..tokens import InvalidToken, normalize_uid
 
 MAX_PAYLOAD_BYTES = 16 * 1024 * 1024 + 65536
 # SQLite stores integers up to 2**63 - 1; a larger version could never be saved.

@@ -353,7 +353,7 @@ class LoadController:
 
     def evse_status(self, evse_id: str) -> dict[str, Any]:
         """For `~/evse/{id}/status`: what load management gives this EVSE, and why not more."""
-        evse = self._evse(evse_id)
+        self._evse(evse_id)  # an unknown EVSE raises here
         last = self._last
         target = last.allocation.offers.get(evse_id, 0.0) if last else 0.0
         waiting = bool(last and evse_id in last.allocation.waiting)

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
-from drivers.api import ChargerReading, Measurement
+from drivers.api import Charger, ChargerReading, Measurement
 from drivers.errors import DeviceError
 
 from ._allocator import Step, failsafe_currents
@@ -37,17 +37,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("edge_agent.loadmanagement")
 
 SITE_LIMIT_META = "site_limit"  # the cloud's limit in force: {"max_current_a", "until"} or null
-
-
-class ControlledCharger(Protocol):
-    async def set_max_current(self, amps: float) -> None: ...
-    async def enable(self, on: bool) -> None: ...
-
-
-class OwnedCharger(ControlledCharger, Protocol):
-    async def setup(self) -> None: ...
-    async def poll(self) -> ChargerReading: ...
-    async def keepalive(self) -> None: ...
 
 
 class SiteMeter(Protocol):
@@ -101,7 +90,7 @@ class LoadManagementLoop:
         self,
         *,
         plan: SitePlan,
-        chargers: Mapping[str, ControlledCharger],
+        chargers: Mapping[str, Charger],  # writes set_max_current/enable; own_chargers: polls too
         meter: SiteMeter | None = None,
         settings: LoadSettings | None = None,
         own_chargers: bool = False,
@@ -391,7 +380,7 @@ class LoadManagementLoop:
             await asyncio.sleep(max(0.0, interval - (self._clock() - started)))
 
     async def _poll_loop(self, evse_id: str) -> None:
-        charger: Any = self.chargers[evse_id]
+        charger = self.chargers[evse_id]
         needs_setup = True
         failed = 0
         while True:

@@ -43,7 +43,7 @@ class CurrentRange:
     step_a: float = 1.0
 
     def __post_init__(self) -> None:
-        if not (0 < self.step_a and 0 < self.min_a <= self.max_a):
+        if not (self.step_a > 0 and 0 < self.min_a <= self.max_a):
             raise TreeError(f"current range needs 0 < min_a <= max_a and step_a > 0, got {self}")
 
     def floor(self, amps: float) -> float:

@@ -188,12 +188,12 @@ class Runs:
         """(the run that `interval` closes, if any; the run it belongs to), changing nothing."""
         last, tariff = self.last, self._tariff
         signature = rate_signature(tariff, interval.as_period()) if tariff else ()
-        if last is not None and last.charging == interval.charging and last.signature == signature:
-            if tariff is None or not (
+        if (last is not None and last.charging == interval.charging and last.signature == signature
+                and (tariff is None or not (
                     (self._cuts is not None and self._cuts.any_between(last.start, interval.end))
                     or _any_strictly_between(self._thresholds_wh, last.start_wh,
-                                             self.energy_wh + interval.energy_wh)):
-                return None, last.plus(interval)
+                                             self.energy_wh + interval.energy_wh)))):
+            return None, last.plus(interval)
         return last, Run.of(interval, self.energy_wh, signature)
 
     def push(self, interval: Interval) -> Run | None:

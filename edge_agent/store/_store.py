@@ -13,14 +13,10 @@ from typing import Any
 from sqlite_utils import Database
 
 from ..clock import parse_rfc3339, rfc3339
-
+from ._errors import StoreError, TokenTaken, storage_errors, typed_errors
 from ._schema import migrate
 
 DB_FILE = "edge-agent.db"
-
-
-class StoreError(RuntimeError):
-    pass
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,10 +91,17 @@ class SessionRecord:
 _SESSION_COLUMNS = [f for f in SessionRecord.__dataclass_fields__]
 
 
+@typed_errors
 class Store:
-    """Synchronous; used from the agent's event loop thread only (one writer)."""
+    """Synchronous; used from the agent's event loop thread only (one writer).
 
-    def __init__(self, data_dir: str | Path, *, read_only: bool = False) -> None:
+    Every statement on the store's tables is a method here. A public method raises the typed
+    errors of `._errors` (StorageFull, StorageCorrupt, StorageFailed) when the storage fails."""
+
+    def __init__(self, data_dir: str | Path, *, read_only: bool = False, busy_timeout_ms: int = 5000,
+                 query_only: bool = False) -> None:
+        """`query_only` (with read_only): refuse writes, and read once now, so that a file that
+        cannot be read fails here (a sqlite3.Error), not at the first query."""
         self.path = Path(data_dir) / DB_FILE
         if read_only:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
@@ -106,8 +109,11 @@ class Store:
         else:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        conn.execute("PRAGMA busy_timeout = 5000")
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
         self.db = Database(conn)
+        if query_only:
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
         if not read_only:
             conn.execute("PRAGMA journal_mode = WAL")
             # FULL: a committed session survives a power cut (an SD card loses the WAL tail otherwise).
@@ -125,7 +131,7 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        with self.db.atomic():
+        with storage_errors(), self.db.atomic():
             yield
 
     # -- counters and list versions ------------------------------------------------
@@ -139,6 +145,11 @@ class Store:
     def counter(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()
         return int(row[0]) if row else 0
+
+    def save_counter(self, name: str, value: int) -> None:
+        self.db.execute(
+            "INSERT INTO counters(name, value) VALUES (?, ?) "
+            "ON CONFLICT(name) DO UPDATE SET value = excluded.value", [name, value])
 
     def list_version(self, name: str) -> int:
         row = self.db.execute("SELECT version FROM list_versions WHERE name = ?", [name]).fetchone()
@@ -168,6 +179,74 @@ class Store:
                 "INSERT INTO tokens(uid, user_id) VALUES (?, ?)",
                 ((uid, u["id"]) for u in users for uid in u["tokens"]))
             self.set_list_version("users", version)
+
+    def replace_users_from(self, staging: str | Path, version: int) -> int:
+        """Replaces the users with those of a staging file (see `._staging`), in one transaction,
+        if `version` is above the local version (checked inside it). Returns the local version it
+        found: the list went in only if `version` is above it."""
+        conn = self.db.conn
+        conn.execute("ATTACH DATABASE ? AS staging", (str(staging),))
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                local = self.list_version("users")
+                if version <= local:
+                    conn.execute("ROLLBACK")
+                    return local
+                conn.execute("DELETE FROM main.tokens")
+                conn.execute("DELETE FROM main.users")
+                conn.execute('INSERT INTO main.users(id, name, phone, "group", blocked, valid_until) '
+                             "SELECT id, name, phone, grp, blocked, valid_until FROM staging.users ORDER BY seq")
+                conn.execute("INSERT INTO main.tokens(uid, user_id) SELECT uid, user_id FROM staging.tokens")
+                self.set_list_version("users", version)
+                conn.execute("COMMIT")
+                return local
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        finally:
+            conn.execute("DETACH DATABASE staging")
+
+    def update_users(self, version: int, *, remove: Sequence[str], upsert: Sequence[dict[str, Any]]) -> None:
+        """A delta, in one transaction: the users of `remove` and of `upsert` go, those of `upsert`
+        come (again). Raises TokenTaken (and changes nothing) when a card of `upsert` belongs to a
+        user that stays."""
+        with self.transaction():
+            for user_id in [*remove, *(u["id"] for u in upsert)]:
+                self.db.execute("DELETE FROM tokens WHERE user_id = ?", [user_id])
+                self.db.execute("DELETE FROM users WHERE id = ?", [user_id])
+            for i, u in enumerate(upsert):
+                for k, uid in enumerate(u["tokens"]):
+                    owner = self.db.execute("SELECT user_id FROM tokens WHERE uid = ?", [uid]).fetchone()
+                    if owner is not None:  # raising inside the transaction rolls the whole delta back
+                        raise TokenTaken(i, k, uid, owner[0])
+                self.db.execute('INSERT INTO users(id, name, phone, "group", blocked, valid_until) '
+                                "VALUES (?,?,?,?,?,?)",
+                                [u["id"], u["name"], u["phone"], u["group"], int(u["blocked"]), u["valid_until"]])
+                self.db.conn.executemany("INSERT INTO tokens(uid, user_id) VALUES (?, ?)",
+                                         [(uid, u["id"]) for uid in u["tokens"]])
+            self.set_list_version("users", version)
+
+    def search_users(self, text: str, *, phone_digits: str | None = None, token_part: str | None = None,
+                     limit: int = 200) -> list[tuple[UserRecord, list[str]]]:
+        """Users whose id is `text` (any case), whose name holds it, whose phone (without spaces,
+        dashes, dots) holds `phone_digits`, or one of whose cards holds `token_part`; with their
+        cards, by name."""
+        where = ['u.id = ? COLLATE NOCASE', "u.name LIKE ?"]
+        params: list[Any] = [text.strip(), f"%{text.strip()}%"]
+        if phone_digits:
+            where.append("replace(replace(replace(u.phone, ' ', ''), '-', ''), '.', '') LIKE ?")
+            params.append(f"%{phone_digits}%")
+        if token_part is not None:
+            where.append("t.uid LIKE ?")
+            params.append(f"%{token_part}%")
+        rows = self.db.execute(
+            'SELECT DISTINCT u.id, u.name, u.phone, u."group", u.blocked, u.valid_until FROM users u '
+            f"LEFT JOIN tokens t ON t.user_id = u.id WHERE {' OR '.join(where)} ORDER BY u.name, u.id "
+            f"LIMIT {int(limit)}", params).fetchall()
+        return [(_user(row), [r[0] for r in self.db.execute("SELECT uid FROM tokens WHERE user_id = ? "
+                                                            "ORDER BY uid", [row[0]])]) for row in rows]
 
     def find_token(self, uid: str) -> UserRecord | None:
         row = self.db.execute(
@@ -334,6 +413,17 @@ class Store:
     def set_meta(self, key: str, value: str) -> None:
         self.db.execute("INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET "
                         "value = excluded.value", [key, value])
+
+    def session_count(self, *, active: bool = False) -> int:
+        sql = "SELECT count(*) FROM sessions" + (" WHERE status = 'active'" if active else "")
+        return int(self.db.execute(sql).fetchone()[0])
+
+    def holds_data(self) -> bool:
+        """Anything a newly set up gateway does not have: sessions, events, users, tariffs (also
+        in a database of any older schema)."""
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        return any(table in tables and self.db.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone()
+                   for table in ("sessions", "outbox", "users", "tariff_lists"))
 
     def active_sessions(self) -> list[SessionRecord]:
         return self.sessions(where="status = 'active'")
