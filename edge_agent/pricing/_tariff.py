@@ -163,8 +163,9 @@ def _component(value: Any, path: str) -> PriceComponent:
     if kind not in TariffDimension.__members__:
         raise TariffError(f"{path}.type: must be one of ENERGY, FLAT, PARKING_TIME, TIME")
     dimension = TariffDimension(kind)
-    step_size = _required(component, "step_size", path,
-                          _flat_step_size if dimension is TariffDimension.FLAT else _step_size)
+    # FLAT has no step; OCPI's own examples and real CDRs give it 0 (or 1).
+    least = 0 if dimension is TariffDimension.FLAT else 1
+    step_size = _required(component, "step_size", path, lambda v, p: _step_size(v, p, least=least))
     return PriceComponent(
         type=dimension,
         price=_required(component, "price", path, _money),
@@ -281,18 +282,10 @@ def _whole(value: Any) -> int | None:
     return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
-def _step_size(value: Any, path: str) -> int:
+def _step_size(value: Any, path: str, *, least: int) -> int:
     number = _whole(value)
-    if number is None or not 1 <= number <= MAX_STEP_SIZE:
-        raise TariffError(f"{path}: must be an integer from 1 to {MAX_STEP_SIZE:,}")
-    return number
-
-
-def _flat_step_size(value: Any, path: str) -> int:
-    """FLAT has no step; OCPI's own examples and real CDRs give it 0 (or 1)."""
-    number = _whole(value)
-    if number is None or not 0 <= number <= MAX_STEP_SIZE:
-        raise TariffError(f"{path}: must be an integer from 0 to {MAX_STEP_SIZE:,}")
+    if number is None or not least <= number <= MAX_STEP_SIZE:
+        raise TariffError(f"{path}: must be an integer from {least} to {MAX_STEP_SIZE:,}")
     return number
 
 
