@@ -97,7 +97,7 @@ def export_state(config: SiteConfig, *, out: Path, data_dir: Path | None = None,
     config_bytes = Path(config.path).read_bytes()
     with tempfile.TemporaryDirectory(prefix="edge-agent-export-") as tmp:
         snapshot = Path(tmp) / DB_FILE
-        with Store(data_dir, read_only=True, busy_timeout_ms=500) as store:
+        with Store.open_read_only(data_dir) as store:  # beside the running agent
             schema = store.backup_to(snapshot)
         verdict, _ = check_file(snapshot)
         if verdict != "ok":

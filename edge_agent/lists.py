@@ -26,17 +26,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .cloud import PayloadError, check_tariff_list, check_user_list, parse_json_object
-from .cloud._download import DownloadError, DownloadPolicy, download_with_retries, shown_url
-from .cloud._payloads import (
+from .cloud import (
     MAX_PAYLOAD_BYTES,
     MAX_VERSION,
+    DownloadError,
+    DownloadPolicy,
+    PayloadError,
+    UserListReader,
     UserListUrl,
+    check_tariff_list,
     check_user,
+    check_user_list,
     check_user_list_url,
+    download_with_retries,
     is_user_list_url,
+    parse_json_object,
+    shown_url,
 )
-from .cloud._userstream import UserListReader
 from .store import DuplicateToken, DuplicateUser, Store, TokenTaken, UserStaging
 
 log = logging.getLogger("edge_agent.lists")

@@ -20,14 +20,12 @@ from .config import ChargerConfig, ConfigError, ConfigIssue, SiteConfig
 
 def startup_issues(config: SiteConfig) -> list[ConfigIssue]:
     """Every problem that would make `run` refuse this config, in file order where known."""
-    from drivers.modbus import BusRegistry
-    from drivers.modbus._registermap import MapError
+    from drivers.modbus import BusRegistry, MapError
     from drivers.readers import create_reader, identifier_of
 
+    from .agent import create_evse_charger, create_site_meter
     from .cloud import link_credentials, lists_verify
-    from .loadmanagement import site_plan
-    from .loadmanagement._tree import LoadManagementError
-    from .site import _create_site_meter, create_evse_charger
+    from .loadmanagement import LoadManagementError, site_plan
 
     source = str(config.path) if config.path is not None else "<config>"
     issues: list[ConfigIssue] = []
@@ -64,7 +62,7 @@ def startup_issues(config: SiteConfig) -> list[ConfigIssue]:
             issues.append(ConfigIssue(f"readers[{i}]", None, str(exc)))
     if config.site is not None and config.site.meter is not None:
         try:
-            _create_site_meter(config.site.meter, registry)
+            create_site_meter(config.site.meter, registry)
         except (MapError, ValueError) as exc:
             issues.append(ConfigIssue("site.meter", None, str(exc)))
     return _with_lines(_unique(issues), config.path)

@@ -174,7 +174,7 @@ def _clock_loop_ticks(site: Any, started: float) -> HealthCheck:
 
 def _poll_stall_limit_s(charger_cfg: Any, poll_interval_s: float) -> float:
     # A dead charger's poll is a few timed-out requests with retries; far beyond that is a hang.
-    one_poll = poll_interval_s + 4 * charger_cfg.timeout_s * (charger_cfg.retries + 1)
+    one_poll: float = poll_interval_s + 4 * charger_cfg.timeout_s * (charger_cfg.retries + 1)
     return max(60.0, 20 * one_poll)
 
 

@@ -51,13 +51,13 @@ from pymodbus.framer import FramerType
 from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from drivers.modbus import load_map
-from drivers.modbus._registermap import (
+from drivers.modbus import (
     ConditionalState,
     Register,
     RegisterMap,
     decode,
     encode,
+    load_map,
     raw_value,
     raw_words,
 )

@@ -35,8 +35,16 @@ from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
 from drivers.api import ChargerReading, Measurement
-from drivers.modbus import BusRegistry, ModbusCharger, ModbusDevice, create_charger
-from drivers.modbus._registermap import RegisterMap, decode, encode, load_meter_map
+from drivers.modbus import (
+    BusRegistry,
+    ModbusCharger,
+    ModbusDevice,
+    RegisterMap,
+    create_charger,
+    decode,
+    encode,
+    load_meter_map,
+)
 from edge_agent.config import SiteConfig, load_config, parse_config_text
 from edge_agent.loadmanagement import LoadManagementLoop, LoadSettings, SitePlan, site_plan
 from hardware_sim.chargers import SimCharger, SimChargerThread
@@ -619,7 +627,7 @@ async def run_agent(config: SiteConfig, *, failsafe_timeout_s: float, settings: 
         chargers = create_chargers(config, plan, registry, failsafe_timeout_s=failsafe_timeout_s)
         wrapped = {e: _PluggedIsSession(e, c) for e, c in chargers.items()}
         loop = LoadManagementLoop(plan=plan, chargers=wrapped, meter=create_site_meter(config, registry),
-                                  settings=settings, own_chargers=True)
+                                  settings=settings)
         for w in wrapped.values():
             w.loop = loop
         if ready is not None:

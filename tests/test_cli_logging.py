@@ -44,10 +44,10 @@ def test_journald_gets_priorities_and_no_timestamps_a_terminal_gets_timestamps(t
         site.close()
     lines = [line for line in journal.splitlines() if line]
     assert lines and all(re.match(r"<[2-7]>", line) for line in lines), journal
-    assert any(line.startswith("<6>edge_agent.site: edge-agent ") for line in lines)
+    assert any(line.startswith("<6>edge_agent.agent: edge-agent ") for line in lines)
     assert any(line.startswith("<4>edge_agent.cloud: cloud link down") for line in lines), journal
     assert not re.search(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", journal), "journald stamps the time itself"
-    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO edge_agent.site: ", other, re.M), other
+    assert re.search(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ INFO edge_agent.agent: ", other, re.M), other
     assert "<6>" not in other
 
 
@@ -55,9 +55,9 @@ def test_every_line_of_a_traceback_keeps_the_priority():
     try:
         raise ValueError("register 40001 of unit 3: bad value")
     except ValueError:
-        record = logging.LogRecord("edge_agent.site", logging.ERROR, __file__, 1, "poll failed", None, sys.exc_info())
+        record = logging.LogRecord("edge_agent.agent", logging.ERROR, __file__, 1, "poll failed", None, sys.exc_info())
     text = JournalFormatter().format(record)
-    assert text.startswith("<3>edge_agent.site: poll failed\n<3>Traceback")
+    assert text.startswith("<3>edge_agent.agent: poll failed\n<3>Traceback")
     assert all(line.startswith("<3>") for line in text.splitlines())
     debug = logging.LogRecord("x", logging.DEBUG, __file__, 1, "m", None, None)
     critical = logging.LogRecord("x", logging.CRITICAL, __file__, 1, "m", None, None)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from edge_agent.cli import EXIT_CONFIG
+from edge_agent.cli import ExitCode
 from hardware_sim.certs import CertificateAuthority
 
 
@@ -147,8 +147,8 @@ def test_config_check_and_run_refuse_the_same_config_naming_the_key(tmp_path, pk
     check, run = edge_agent("config", "check", str(config)), edge_agent("run", "--config", str(config))
     check_out, check_err = check.communicate(timeout=60)
     _run_out, run_err = run.communicate(timeout=60)
-    assert check.returncode == EXIT_CONFIG, (check_out, check_err)
-    assert run.returncode == EXIT_CONFIG, run_err
+    assert check.returncode == ExitCode.CONFIG, (check_out, check_err)
+    assert run.returncode == ExitCode.CONFIG, run_err
     named = [line for line in issues(check_err) if line.startswith(f"{key} (line ")]
     assert named and words in named[0], check_err
     assert "Traceback" not in check_err + run_err

@@ -1,4 +1,4 @@
-"""Hostile input at the seam: every topic the agent reads, fed to Site._on_message of a real Site
+"""Hostile input at the seam: every topic the agent reads, fed to the InboundRouter of a real Agent
 (real store on disk, chargers pointing at a closed port, the MQTT link not started; its
 publish() replaced by a recorder, the one fake here).
 
@@ -25,11 +25,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from edge_agent.cloud import Inbound
+from edge_agent.agent import Agent
+from edge_agent.cloud import Inbound, RejectionLog
 from edge_agent.cloud._payloads import MAX_PAYLOAD_BYTES
-from edge_agent.cloud._rejections import RejectionLog
 from edge_agent.config import parse_config_text
-from edge_agent.site import Site
 from edge_agent.store import SessionRecord
 
 GATEWAY = "gw-fuzz"
@@ -68,7 +67,7 @@ def fresh_request_id() -> str:
     return f"req-{next(_request_ids)}"
 
 
-# -- the Site at the seam ------------------------------------------------------------------------------
+# -- the Agent at the seam ------------------------------------------------------------------------------
 
 class Recorder(logging.Handler):
     def __init__(self) -> None:
@@ -81,7 +80,7 @@ class Recorder(logging.Handler):
 
 @dataclass
 class Seam:
-    site: Site
+    site: Agent
     loop: asyncio.AbstractEventLoop
     published: list[tuple[str, bytes | str, bool]] = field(default_factory=list)
     log: Recorder = field(default_factory=Recorder)
@@ -104,7 +103,7 @@ class Seam:
         self.tried += 1
 
         async def go() -> None:
-            self.site._on_message(Inbound(topic, payload, retain))  # noqa: SLF001
+            self.site.inbound.on_message(Inbound(topic, payload, retain))
             for _ in range(200):
                 await asyncio.sleep(0)
                 others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
@@ -157,11 +156,11 @@ chargers:
 """)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    site = Site(config)
+    site = Agent(config)
     s = Seam(site, loop)
     loop.set_exception_handler(lambda _loop, context: s.loop_errors.append(context))
     site.link.publish = lambda topic, payload, qos=1, retain=False: s.published.append((topic, payload, retain)) or 1
-    site.rejections = RejectionLog(logger=logging.getLogger("edge_agent.site"), burst=10**9)
+    site.rejected.log = RejectionLog(logger=logging.getLogger("edge_agent.agent"), burst=10**9)
     for name in ("edge_agent", "asyncio"):
         logging.getLogger(name).addHandler(s.log)
         logging.getLogger(name).setLevel(logging.INFO)
@@ -177,7 +176,7 @@ chargers:
     site.store.add_sample("s-ended", ts="2026-03-01T10:01:00Z", energy_wh=1200, power_w=7000,
                           current_a=[10.0, 10.0, 10.0], charging=True)
     yield s
-    print(f"\nseam fuzz: {s.tried} messages delivered to Site._on_message")
+    print(f"\nseam fuzz: {s.tried} messages delivered to the agent's InboundRouter")
     loop.run_until_complete(site.user_lists.aclose())
     for name in ("edge_agent", "asyncio"):
         logging.getLogger(name).removeHandler(s.log)
@@ -189,14 +188,14 @@ chargers:
 def check(seam: Seam, topic: str, payload: bytes, *, must_reject: bool | None = None,
           retain: bool = False) -> int:
     """Delivers one message and checks every rule; returns 1 if it was rejected."""
-    before, counted = seam.snapshot(), seam.site.rejected_messages
+    before, counted = seam.snapshot(), seam.site.rejected.count
     lines, answers = seam.rejection_lines(), len(seam.results())
     seam.deliver(topic, payload, retain=retain)
     assert seam.unexpected() == []
-    rejected = seam.site.rejected_messages - counted
+    rejected = seam.site.rejected.count - counted
     assert rejected in (0, 1)
-    seam.site._save_rejected_count()  # noqa: SLF001 - what the tick loop does once a minute
-    assert seam.site.store.counter("rejected_messages") == seam.site.rejected_messages
+    seam.site.rejected.save()  # what the tick loop does once a minute
+    assert seam.site.store.counter("rejected_messages") == seam.site.rejected.count
     assert seam.rejection_lines() - lines == rejected  # logged once
     if rejected:
         assert seam.snapshot() == before, f"rejected message on {topic} changed stored data"

@@ -23,10 +23,11 @@ from decimal import InvalidOperation, Overflow
 
 import pytest
 
+from edge_agent.agent import Agent
+from edge_agent.agent._billing import price_ended_session
 from edge_agent.config import parse_config_text
 from edge_agent.lists import apply_tariff_list
 from edge_agent.pricing import MeterSample
-from edge_agent.site import Site
 from edge_agent.store import SessionRecord, Store
 from hardware_sim.site import RESIDENTS, TARIFFS, SimulatedSite
 from helpers import edge_agent
@@ -210,7 +211,7 @@ def test_edge_agent_price_on_an_unpriceable_tariff_is_a_clear_error(tmp_path):
                                      OverflowError("date value out of range"), RuntimeError("a bug of ours")],
                          ids=["InvalidOperation", "Overflow", "OverflowError", "RuntimeError"])
 def test_whatever_fails_in_pricing_the_session_ends_unpriced(tmp_path, monkeypatch, failure):
-    """Site._price never raises: any failure of the pricer (here forced, as no tariff that passes
+    """Pricing a session at its end never raises: any failure of the pricer (here forced, as no tariff that passes
     the checks makes the Decimal arithmetic fail any more) gives an unpriced session."""
     config = parse_config_text(f"""\
 gateway_id: gw-price
@@ -227,7 +228,7 @@ chargers:
 """)
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    site = Site(config)
+    site = Agent(config)
     try:
         apply_tariff_list(site.store, {"version": 1, **TARIFFS})
         record = SessionRecord(id="s-1", evse_id="1", status="active", token=KARI, user_id="u-1001",
@@ -242,8 +243,8 @@ chargers:
         def broken(*args, **kwargs):
             raise failure
 
-        monkeypatch.setattr("edge_agent.site.price_session", broken)
-        priced = site._price(record, samples)  # noqa: SLF001
+        monkeypatch.setattr("edge_agent.agent._billing.price_session", broken)
+        priced = price_ended_session(site.store, record, samples, tz=config.timezone)
         cost = priced.cost_json
         json.dumps(cost)
         assert (cost["currency"], cost["excl_vat"], cost["incl_vat"], cost["tariff_id"]) == ("NOK", 0, 0, "T-RES")

@@ -69,7 +69,7 @@ class Harness:
         chargers = create_chargers(self.config, self.plan, self.registry, failsafe_timeout_s=30)
         self.loop = LoadManagementLoop(
             plan=self.plan, chargers=chargers, meter=create_site_meter(self.config, self.registry),
-            settings=harness_settings(), own_chargers=True, on_reaction=self.reactions.append)
+            settings=harness_settings(), on_reaction=self.reactions.append)
         self.task = asyncio.create_task(self.loop.run())
         sims = self.site.sims.values()
         await until(lambda: all(s.setpoint_a == 0 for s in sims) and all(s.writes_to(FAILSAFE_CURRENT) for s in sims)

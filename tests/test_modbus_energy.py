@@ -80,7 +80,7 @@ def test_a_charger_with_a_broken_counter_file_faults_alone(tmp_path: Path) -> No
 
 
 def test_a_session_register_stuck_at_zero_is_reported(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
-    import drivers.modbus._charger as charger_module
+    import drivers.modbus._chargerreading as charger_module
 
     monkeypatch.setattr(charger_module, "SESSION_STUCK_AFTER_S", 0.3)
     with SimChargerThread() as sims:

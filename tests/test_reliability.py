@@ -116,8 +116,8 @@ def test_a_clock_that_steps_years_forward_mid_session_leaves_sane_times(tmp_path
     from datetime import datetime
 
     from edge_agent import clock
+    from edge_agent.agent import Agent
     from edge_agent.config import load_config
-    from edge_agent.site import Site
 
     behind = {"s": -6 * 365 * 86400.0}
     real_wall = clock._wall  # noqa: SLF001
@@ -131,7 +131,7 @@ def test_a_clock_that_steps_years_forward_mid_session_leaves_sane_times(tmp_path
         async def main() -> None:
             running["loop"], running["stop"] = asyncio.get_running_loop(), asyncio.Event()
             loop_ready.set()
-            await Site(load_config(site.config_path)).run(stop=running["stop"])
+            await Agent(load_config(site.config_path)).run(stop=running["stop"])
 
         asyncio.run(main())
 

@@ -10,8 +10,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
+from edge_agent.cli import Period, quarter_of
 from edge_agent.pricing import MeterSample, price_session
-from edge_agent.reports import Period, quarter_of
 from edge_agent.store import SessionRecord, Store
 from helpers import edge_agent as run_edge_agent
 

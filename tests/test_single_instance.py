@@ -4,7 +4,7 @@ or the broker; the lock goes with its holder, SIGKILL included."""
 import re
 import time
 
-from edge_agent.cli import EXIT_BUSY
+from edge_agent.cli import ExitCode
 from edge_agent.instance_lock import LOCK_FILE
 from hardware_sim.site import SimulatedSite
 from helpers import edge_agent
@@ -27,7 +27,7 @@ def test_a_second_agent_is_refused_at_once_and_the_first_goes_on_undisturbed(tmp
         second = edge_agent("run", "--config", str(site.config_path), timeout=30)
         elapsed = time.monotonic() - started
 
-        assert second.returncode == EXIT_BUSY, second.stderr
+        assert second.returncode == ExitCode.BUSY, second.stderr
         assert elapsed < 5, f"the second agent took {elapsed:.1f} s to give up"
         assert f"process {first.pid}" in second.stderr and str(site.data_dir) in second.stderr, second.stderr
         assert "Traceback" not in second.stderr
@@ -40,7 +40,7 @@ def test_a_second_agent_is_refused_at_once_and_the_first_goes_on_undisturbed(tmp
 
         # Store-writing commands wait for the agent to stop; read-only ones keep working.
         migrate = edge_agent("migrate", "--config", str(site.config_path))
-        assert migrate.returncode == EXIT_BUSY and f"process {first.pid}" in migrate.stderr, migrate
+        assert migrate.returncode == ExitCode.BUSY and f"process {first.pid}" in migrate.stderr, migrate
         for command in (["outbox"], ["sessions"], ["status", "--json"]):
             result = edge_agent(*command, "--config", str(site.config_path))
             assert result.returncode == 0, (command, result.stdout, result.stderr)

@@ -24,32 +24,38 @@ from drivers.energy import CounterFileError, SessionEnergyLifetime
 
 from ._bus import BusRegistry, ModbusDevice, ModbusTcpLink, RtuOverTcpLink, SerialBus
 from ._charger import ModbusCharger
+from ._failsafe import unbilled_fallback_warning
+from ._mapcodec import decode, encode, field_value, raw_value, raw_words
+from ._mapio import MapIO
+from ._mapload import available_meter_models, available_models, load_any_map, load_map, load_meter_map, parse_map
+from ._maptypes import ConditionalState, MapError, Register, RegisterMap
 from ._meter import ModbusMeter
-from ._registermap import (
-    MapError,
-    RegisterMap,
-    available_meter_models,
-    available_models,
-    load_any_map,
-    load_map,
-    load_meter_map,
-)
 
 __all__ = [
     "TRANSPORTS",
     "BusRegistry",
+    "ConditionalState",
     "MapError",
+    "MapIO",
     "ModbusCharger",
     "ModbusDevice",
     "ModbusMeter",
+    "Register",
     "RegisterMap",
     "available_meter_models",
     "available_models",
     "create_charger",
     "create_meter",
+    "decode",
+    "encode",
+    "field_value",
     "load_any_map",
     "load_map",
     "load_meter_map",
+    "parse_map",
+    "raw_value",
+    "raw_words",
+    "unbilled_fallback_warning",
 ]
 
 TRANSPORTS = ("tcp", "rtu", "rtu-over-tcp")

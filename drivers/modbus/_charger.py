@@ -1,13 +1,15 @@
 """One generic Modbus charger driver; what differs per model is in its register map.
 
 What the map cannot say is in no model-specific code either: every quirk of the eight
-supported chargers is expressed as map data (see _registermap's schema): Alfen's expiring
+supported chargers is expressed as map data (see maps/README.md): Alfen's expiring
 setpoint (keepalive rewrite_setpoint) and station unit (station_unit), Schneider's life bit
 (keepalive write) and word-swapped floats (word_order LSW), ABB's write-only setpoint with a
 readback, its "others" state (a conditional state) and its stop register (never_write),
 Bender's 0xFFFFFFFF (no_value), Heidelberg's standby (setup.writes), Etrel's pause trigger
 (control.pause), and models without a lifetime counter (session_energy, which this driver
 turns into a lifetime counter with drivers.energy.SessionEnergyLifetime).
+
+The fail-safe and its timeout are in _failsafe, decoding the polled words in _chargerreading.
 """
 from __future__ import annotations
 
@@ -27,40 +29,21 @@ from drivers.api import (
     OwnEnergyCounter,
 )
 from drivers.energy import SessionEnergyLifetime
-from drivers.errors import DeviceError, EnergyCounterError, ModbusExceptionResponse, NoValue, UnsupportedByModel
-from drivers.tokens import InvalidToken, normalize_uid
+from drivers.errors import DeviceError, ModbusExceptionResponse, NoValue, UnsupportedByModel
 
 from ._bus import ModbusDevice
+from ._chargerreading import ChargerDecoding
+from ._failsafe import ChargerFailsafe, unbilled_fallback_warning
+from ._mapcodec import encode, raw_value, raw_words
 from ._mapio import METER_ROLES, MapIO
-from ._registermap import (
-    MAX_KEEPALIVE_SHARE,
-    ConditionalState,
-    RegisterMap,
-    encode,
-    field_value,
-    raw_value,
-    raw_words,
-)
+from ._maptypes import ConditionalState, RegisterMap
+
+__all__ = ["ModbusCharger", "unbilled_fallback_warning"]  # the technician tool imports the warning from here
 
 log = logging.getLogger("drivers.modbus")
 
-FailsafeReport = dict[str, str | int | float | bool | None]
-SESSION_STUCK_POWER_W = 500.0
-SESSION_STUCK_AFTER_S = 120.0
-UNKNOWN_TIMEOUT_PERIOD_S = 3.0  # keep-alive period while the device has not told its timeout yet
-TIMEOUT_TOLERANCE_S = 1.0  # a timeout read back this close to the one stated is the same one
 
-
-def unbilled_fallback_warning(current_a: float | str, timeout_s: float | str | None) -> str:
-    """What a charger whose safe current is set on the device itself (Alfen, in ACE) does without its gateway."""
-    after = f"{timeout_s:g} s" if isinstance(timeout_s, (int, float)) else (timeout_s or "its setpoint validity")
-    amps = f"{current_a:g} A" if isinstance(current_a, (int, float)) else current_a
-    return (f"a plugged car will charge at {amps}, unbilled, whenever the gateway is down for more than {after}"
-            " (the safe current is set on the charger, not by the gateway): set the safe current to 0 A in"
-            " ACE Service Installer")
-
-
-class ModbusCharger:
+class ModbusCharger(ChargerFailsafe, ChargerDecoding):
     """A charger driven over Modbus as its register map says. Implements drivers.api Charger and Meter
     (and Identifier where the map has an ``rfid_uid`` register: see ``has_identifier``).
 
@@ -193,71 +176,6 @@ class ModbusCharger:
         """Whether identify() can work: the map has a built-in reader's UID register."""
         return self.io.has("rfid_uid")
 
-    @property
-    def failsafe_timeout_s(self) -> float | None:
-        """The device's keep-alive timeout, as best known: for a device-set one (Alfen's validity) the
-        config's, else what the device reported, else None until it has; for a gateway-armed one
-        what the device read back, else what is written (the config's, else the map's)."""
-        failsafe = self.regmap.failsafe
-        if failsafe is None:
-            return None
-        if failsafe.set_by == "device":
-            if self._stated_timeout_s is not None:
-                return self._stated_timeout_s
-            if self.io.has("setpoint_validity"):
-                return self.device_timeout_s
-            return self._default_timeout_s
-        if self.device_timeout_s is not None:
-            return self.device_timeout_s
-        return self._written_timeout_s
-
-    @property
-    def _written_timeout_s(self) -> float | None:
-        return self._stated_timeout_s if self._stated_timeout_s is not None else self._default_timeout_s
-
-    @property
-    def keepalive_interval_s(self) -> float | None:
-        """keepalive() must be called at least this often (None: the model needs no keep-alive).
-
-        At most 0.4 of the device's timeout; every few seconds while the timeout is not known yet.
-        May change once the device told its timeout: callers re-read it every cycle.
-        """
-        keepalive = self.regmap.keepalive
-        if keepalive is None:
-            return None
-        timeout = self.failsafe_timeout_s
-        if keepalive.every_s is not None:
-            return keepalive.every_s if timeout is None else min(keepalive.every_s, MAX_KEEPALIVE_SHARE * timeout)
-        if timeout is None:
-            return UNKNOWN_TIMEOUT_PERIOD_S
-        return min(keepalive.every or MAX_KEEPALIVE_SHARE, MAX_KEEPALIVE_SHARE) * timeout
-
-    @property
-    def failsafe_current_now_a(self) -> float | None:
-        """What the charger gives a plugged car if the gateway goes quiet now (None: not known)."""
-        failsafe = self.regmap.failsafe
-        if failsafe is None:
-            return None
-        if failsafe.set_by == "device":
-            return self.device_failsafe_current_a
-        return self._failsafe_written
-
-    @property
-    def failsafe_warning(self) -> str | None:
-        """Plain words for a technician when a gateway outage gives current no session pays for."""
-        failsafe = self.regmap.failsafe
-        if failsafe is None:
-            return None
-        if failsafe.set_by == "device":
-            current = self.device_failsafe_current_a
-            if current == 0:
-                return None
-            return unbilled_fallback_warning(
-                "its safe current (not read yet)" if current is None else current, self.failsafe_timeout_s)
-        if self.failsafe_problem is not None:
-            return f"the fail-safe current could not be set on the charger: {self.failsafe_problem}"
-        return None
-
     # State and control: enable and set_max_current are drivers.api.Charger's; status and enabled read back
 
     async def status(self) -> str:
@@ -317,26 +235,6 @@ class ModbusCharger:
         if self.meter is not None:
             return await self.meter.measure()
         return await self._measurement(await self.io.read_roles(*self._meter_roles))
-
-    # drivers.api.Identifier
-
-    async def identify(self) -> str | None:
-        """The UID of the card at the built-in reader, normalised, or None when there is none."""
-        words = await self.io.read_register("rfid_uid")
-        reg = self.io.source("rfid_uid")
-        if reg.type == "ascii":
-            text = str(self.io.text_or_value("rfid_uid", words) or "").strip("\x00 ")
-            if not text or set(text) <= {"0"}:
-                return None
-        else:
-            raw = raw_value(reg, words)
-            if raw == 0 or raw in reg.no_value:
-                return None
-            text = raw.to_bytes(2 * reg.words, "big").hex()
-        try:
-            return normalize_uid(text)
-        except InvalidToken:
-            raise NoValue(f"rfid_uid reads {text!r}, which is not a hex UID", device=self.name, register=reg.address) from None
 
     # Polling and upkeep
 
@@ -436,49 +334,7 @@ class ModbusCharger:
         """Model plus the map's identity registers; None where the device rejects one (older firmware)."""
         return await self.io.identity()
 
-    async def failsafe_status(self) -> FailsafeReport:
-        """What the charger would do if the gateway went quiet, as read from it (reads only).
-
-        ``configured`` is True when the charger has a timeout armed and a fallback current,
-        False when it has not, None when the model has no such registers.
-        """
-        failsafe = self.regmap.failsafe
-        if failsafe is None:
-            return {"configured": None, "set_by": None, "current_a": None, "timeout_s": None,
-                    "note": f"{self.model} has no fail-safe registers known: if the gateway dies the last current stays"}
-        report: FailsafeReport = {"set_by": failsafe.set_by, "current_a": None, "timeout_s": None}
-        current_role = failsafe.current_roles[0]
-        if self.io.has(current_role):
-            report["current_a"] = await self._read_optional(current_role)
-        if self.io.has("failsafe_timeout"):
-            report["timeout_s"] = await self._read_optional("failsafe_timeout")
-        elif failsafe.set_by == "device":
-            report["timeout_s"] = self.failsafe_timeout_s
-            report["note"] = "the timeout is configured on the charger; this is what the driver uses"
-            if self.io.has("setpoint_validity") and self.device_timeout_s is not None:
-                report["device_timeout_s"] = self.device_timeout_s
-        keepalive = self.regmap.keepalive
-        if keepalive is not None and keepalive.kind == "write" and keepalive.disabled_when is not None:
-            assert keepalive.register is not None
-            words = await self.io.read_register(keepalive.register)
-            if raw_value(self.io.source(keepalive.register), words) == keepalive.disabled_when:
-                report["configured"] = False
-                report["note"] = f"the {keepalive.register} keep-alive is switched off on the charger"
-                return report
-        timeout = report["timeout_s"]
-        report["configured"] = report["current_a"] is not None and (timeout is None or bool(timeout))
-        current = report["current_a"]
-        if failsafe.set_by == "device" and isinstance(current, (int, float)) and current > 0:
-            report["warning"] = unbilled_fallback_warning(current, self.failsafe_timeout_s)
-        return report
-
     # Internals
-
-    async def _read_optional(self, role: str) -> int | float | None:
-        try:
-            return self.io.value(role, await self.io.read_register(role))
-        except (NoValue, ModbusExceptionResponse):
-            return None
 
     def _target_words(self) -> tuple[int, list[int]]:
         """(address, words) of the write that makes the charger offer what is wanted now."""
@@ -507,95 +363,6 @@ class ModbusCharger:
         if self._learn_validity:
             await self._learn_setpoint_validity()
 
-    async def _learn_setpoint_validity(self) -> None:
-        """Right after a setpoint write the remaining validity (Alfen 1208) is the whole validity set in ACE."""
-        try:
-            validity = await self._read_optional("setpoint_validity")
-        except DeviceError as exc:
-            log.info("%s: cannot read the setpoint validity yet (%s); re-writing every %g s until then",
-                     self.name, exc, UNKNOWN_TIMEOUT_PERIOD_S)
-            return
-        if validity is None or validity <= 0:
-            return  # no value now: tried again after the next write
-        self._learn_validity = False
-        address = self.io.source("setpoint_validity").address
-        self._learned_timeout(float(validity), source=f"setpoint validity (register {address})")
-
-    async def _read_back_timeout(self, written: float) -> None:
-        """What a gateway-armed timeout really is on the device (it may clamp or ignore what was written)."""
-        if not self.io.has("failsafe_timeout"):
-            return
-        try:
-            held = await self._read_optional("failsafe_timeout")
-        except DeviceError:
-            return  # the poll says so; the written value is used meanwhile
-        if held is None:
-            return
-        if held <= 0:
-            if self._timeout_mismatch_warned != held:
-                self._timeout_mismatch_warned = held
-                log.warning("%s: the charger reads back a fail-safe timeout of 0 (switched off) after %g s was"
-                            " written: it will not fall back if the gateway dies", self.name, written)
-            self.device_timeout_s = None
-            return
-        address = self.io.source("failsafe_timeout").address
-        self._learned_timeout(float(held), source=f"fail-safe timeout (register {address})")
-
-    def _learned_timeout(self, timeout_s: float, *, source: str) -> None:
-        self.device_timeout_s = timeout_s
-        stated = self._stated_timeout_s if self.regmap.failsafe and self.regmap.failsafe.set_by == "device" \
-            else self._written_timeout_s
-        differs = stated is not None and abs(stated - timeout_s) > TIMEOUT_TOLERANCE_S
-        if differs and self._timeout_mismatch_warned != timeout_s:
-            self._timeout_mismatch_warned = timeout_s
-            if self.regmap.failsafe and self.regmap.failsafe.set_by == "device":
-                log.warning("%s: failsafe_timeout_s is %g s but the charger reports a %s of %g s; the configured"
-                            " %g s is used: correct the config or the charger", self.name, stated, source,
-                            timeout_s, stated)
-            else:
-                log.warning("%s: %g s was written but the charger holds a %s of %g s; that is used",
-                            self.name, stated, source, timeout_s)
-        if self._timeout_logged != timeout_s:
-            self._timeout_logged = timeout_s
-            log.info("%s: the charger's %s is %g s; keep-alive every %g s", self.name, source, timeout_s,
-                     self.keepalive_interval_s or 0)
-
-    def _failsafe_target_a(self) -> float:
-        assert self.failsafe_current_a is not None
-        return self.failsafe_current_a if self._session_enabled else 0.0
-
-    async def _write_failsafe_current(self) -> None:
-        """Where the gateway sets it: the share while a session is enabled, else 0; written when it changes.
-
-        A device error is not raised (the setpoint write that follows says so): the write is
-        retried by keepalive(). A register the firmware refuses is reported once and not retried.
-        """
-        failsafe = self.regmap.failsafe
-        if failsafe is None or failsafe.set_by != "gateway" or self.failsafe_current_a is None:
-            return
-        target = self._failsafe_target_a()
-        if self._failsafe_written == target and not self._failsafe_dirty:
-            return
-        self._failsafe_dirty = True
-        try:
-            for role in failsafe.current_roles:
-                await self.io.write_value(role, target)
-        except ModbusExceptionResponse as exc:
-            self._failsafe_refused(exc)
-            self._failsafe_dirty = False
-            return
-        except DeviceError as exc:
-            log.warning("%s: cannot write the fail-safe current %g A yet: %s", self.name, target, exc)
-            return
-        self._failsafe_dirty = False
-        self._failsafe_written = target
-        self.failsafe_problem = None
-
-    def _failsafe_refused(self, exc: Exception) -> None:
-        if self.failsafe_problem is None:
-            log.warning("%s: fail-safe not configured: %s", self.name, exc)
-        self.failsafe_problem = str(exc)
-
     async def _write_keepalive(self) -> None:
         keepalive = self.regmap.keepalive
         assert keepalive is not None and keepalive.register is not None and keepalive.value is not None
@@ -603,58 +370,6 @@ class ModbusCharger:
         device = self.io.station if reg.station else self.device
         await device.write_register(reg.address, keepalive.value)
         self._last_keepalive_write = time.monotonic()
-
-    def _state(self, words: dict[str, list[int]]) -> str:
-        reg = self.io.source("state")
-        address = reg.address
-        if reg.type == "ascii":
-            key: int | str = str(self.io.text_or_value("state", words["state"]))
-        else:
-            raw = raw_value(reg, words["state"])
-            if raw in reg.no_value:
-                raise NoValue(f"state reads 0x{raw:X}, which means no value", device=self.name, register=address)
-            key = field_value(reg, raw)
-            if reg.type.startswith("int"):
-                value = self.io.value("state", words["state"])
-                key = int(value)
-        letter = self.regmap.states.get(key)
-        if letter is None:
-            raise NoValue(f"state value {key!r} is not in the map", device=self.name, register=address)
-        if isinstance(letter, ConditionalState):
-            bits = raw_value(self.io.source(letter.role), words[letter.role])
-            return letter.set if bits & letter.mask else letter.clear
-        return letter
-
-    def _check_session_register(self, session_wh: float, power_w: float | None) -> None:
-        """Some Etrel firmware reads 0 in the session register (evcc #5346): say so once, loudly."""
-        now = time.monotonic()
-        if session_wh > 0 or not power_w or power_w < SESSION_STUCK_POWER_W:
-            self._stuck_since = None
-            return
-        if self._stuck_since is None:
-            self._stuck_since = now
-        elif now - self._stuck_since >= SESSION_STUCK_AFTER_S and not self._stuck_reported:
-            self._stuck_reported = True
-            log.error(
-                "%s: %s's session energy register stays 0 while it draws %.0f W: this charger's energy is not"
-                " counted; configure a billing meter for it", self.name, self.model, power_w,
-            )
-
-    async def _measurement(self, words: dict[str, list[int]]) -> Measurement:
-        if self._energy_role == "session_energy":
-            if self._counter_error is not None:
-                raise EnergyCounterError(str(self._counter_error), device=self.name)
-            assert self.energy_counter is not None
-            session = self.io.value("session_energy", words["session_energy"])
-            self._check_session_register(float(session), self.io.optional("power", words))
-            try:
-                energy = self.energy_counter.update(float(session))
-            except OSError as exc:
-                # The reading itself is good; the counter retries the save on the next update.
-                log.error("%s: cannot save the lifetime energy counter: %s", self.name, exc)
-                energy = self.energy_counter.value_wh
-            return self.io.measurement(words, energy_wh=energy)
-        return self.io.measurement(words)
 
 
 if TYPE_CHECKING:  # static checks: ModbusCharger has the core and every optional ability of drivers.api

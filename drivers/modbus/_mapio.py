@@ -16,7 +16,8 @@ from drivers.api import Measurement
 from drivers.errors import ModbusExceptionResponse, NoValue, UnsupportedByModel
 
 from ._bus import ModbusDevice
-from ._registermap import Register, RegisterMap, Table, decode, encode, raw_value
+from ._mapcodec import decode, encode, raw_value
+from ._maptypes import Register, RegisterMap, Table
 
 log = logging.getLogger("drivers.modbus")
 

@@ -7,7 +7,7 @@ from drivers.api import Measurement, Meter
 
 from ._bus import ModbusDevice
 from ._mapio import METER_ROLES, MapIO
-from ._registermap import RegisterMap
+from ._maptypes import RegisterMap
 
 
 class ModbusMeter:

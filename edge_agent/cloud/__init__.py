@@ -5,10 +5,12 @@ Where a session becomes an MQTT message: store outbox -> OutboxSender -> MqttLin
 from __future__ import annotations
 
 from ._credentials import LinkCredentials, TlsFiles, link_credentials, lists_verify
-from ._download import DownloadError, DownloadPolicy
+from ._download import DownloadError, DownloadPolicy, download_with_retries, shown_url
 from ._link import Inbound, MqttLink, describe_connect_error
 from ._outbox import OutboxSender
 from ._payloads import (
+    MAX_PAYLOAD_BYTES,
+    MAX_VERSION,
     AuthResponse,
     Command,
     PayloadError,
@@ -18,14 +20,23 @@ from ._payloads import (
     check_ack,
     check_auth_response,
     check_command,
+    check_request_id,
     check_tariff_list,
+    check_user,
     check_user_list,
     check_user_list_url,
+    is_user_list_url,
     parse_json_object,
+    printable,
+    salvaged_request_id,
 )
+from ._rejections import RejectionLog
 from ._topics import Topics
+from ._userstream import UserListReader
 
 __all__ = [
+    "MAX_PAYLOAD_BYTES",
+    "MAX_VERSION",
     "AuthResponse",
     "Command",
     "DownloadError",
@@ -35,19 +46,28 @@ __all__ = [
     "MqttLink",
     "OutboxSender",
     "PayloadError",
+    "RejectionLog",
     "TariffList",
     "TlsFiles",
     "Topics",
     "UserList",
+    "UserListReader",
     "UserListUrl",
     "check_ack",
     "check_auth_response",
     "check_command",
+    "check_request_id",
     "check_tariff_list",
+    "check_user",
     "check_user_list",
     "check_user_list_url",
     "describe_connect_error",
+    "download_with_retries",
+    "is_user_list_url",
     "link_credentials",
     "lists_verify",
     "parse_json_object",
+    "printable",
+    "salvaged_request_id",
+    "shown_url",
 ]

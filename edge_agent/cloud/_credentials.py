@@ -108,10 +108,9 @@ def link_credentials(cloud: CloudConfig, *, source: str = "<config>") -> LinkCre
     issues: list[ConfigIssue] = []
     context = None
     if cloud.tls is not None:
-        as_text = lambda p: str(p) if p is not None else None  # noqa: E731
         try:
-            context = tls_context(TlsFiles(as_text(cloud.tls.ca_file), as_text(cloud.tls.cert_file),
-                                           as_text(cloud.tls.key_file)), source=source)
+            context = tls_context(TlsFiles(_as_text(cloud.tls.ca_file), _as_text(cloud.tls.cert_file),
+                                           _as_text(cloud.tls.key_file)), source=source)
         except ConfigError as exc:
             issues += exc.errors
     password = None
@@ -125,6 +124,10 @@ def link_credentials(cloud: CloudConfig, *, source: str = "<config>") -> LinkCre
     if issues:
         raise ConfigError(issues, source=source)
     return LinkCredentials(context, cloud.username, password)
+
+
+def _as_text(path: Path | None) -> str | None:
+    return str(path) if path is not None else None
 
 
 def lists_verify(cloud: CloudConfig, *, source: str = "<config>") -> ssl.SSLContext:

@@ -88,9 +88,9 @@ async def download_to_file(url: str, destination: Path, *, sha256: str, verify: 
         raise DownloadError(f"no complete download within {policy.total_timeout_s:g} s "
                             f"({received} bytes)", retryable=True) from None
     except httpx.ConnectError as exc:
-        verify = _certificate_problem(exc)
-        if verify is not None:
-            raise DownloadError(f"the server's certificate is not accepted: {verify}", retryable=True) from None
+        problem = _certificate_problem(exc)
+        if problem is not None:
+            raise DownloadError(f"the server's certificate is not accepted: {problem}", retryable=True) from None
         raise DownloadError(f"cannot connect: {_reason(exc)}", retryable=True) from None
     except httpx.HTTPError as exc:  # timeouts, a connection cut short, a broken chunked body...
         raise DownloadError(f"{type(exc).__name__}: {_reason(exc)} after {received} bytes",

@@ -20,8 +20,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import paho.mqtt.client as mqtt
+from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ._credentials import TlsFiles, tls_context
@@ -77,7 +79,7 @@ class MqttLink:
         self._subscriptions = subscriptions
         self._session_expiry_s = session_expiry_s
         self._reconnect_max_s = reconnect_max_s
-        self._callbacks = (on_connected, on_disconnected, on_message, on_published)
+        self._callbacks: tuple[Callable[..., None], ...] = (on_connected, on_disconnected, on_message, on_published)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -86,10 +88,10 @@ class MqttLink:
         self._uses_tls = tls is not None
         self._connack: bool | None = None  # this attempt: None no CONNACK yet, True accepted, False refused
         self._paho_error: str | None = None
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
                              protocol=mqtt.MQTTv5)
         client.max_inflight_messages_set(20)  # the broker's ReceiveMaximum; faster than more
-        will_props = Properties(PacketTypes.WILLMESSAGE)
+        will_props = Properties(PacketTypes.WILLMESSAGE)  # type: ignore[no-untyped-call]
         client.will_set(will_topic, will_payload, qos=1, retain=True, properties=will_props)
         if isinstance(tls, TlsFiles):
             tls = tls_context(tls)
@@ -130,7 +132,7 @@ class MqttLink:
             # (it would format a line for every packet).
             self._client.on_log = self._paho_log
             try:
-                props = Properties(PacketTypes.CONNECT)
+                props = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
                 props.SessionExpiryInterval = self._session_expiry_s
                 props.MaximumPacketSize = MAX_INBOUND_PACKET_BYTES
                 # clean_start must be False explicitly: paho's default wipes the session on the first connect.
@@ -198,7 +200,7 @@ class MqttLink:
             self._loop.call_soon_threadsafe(self._callbacks[index], *args)
 
     def _paho_connect(self, client: mqtt.Client, userdata: object, flags: mqtt.ConnectFlags,
-                      reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+                      reason_code: ReasonCode, properties: Properties | None) -> None:
         if reason_code.is_failure:
             self._connack = False
             self._report_error(f"the broker at {self._host}:{self._port} refused the connection: {reason_code}")
@@ -216,7 +218,7 @@ class MqttLink:
         self._call(0, bool(flags.session_present))
 
     def _paho_disconnect(self, client: mqtt.Client, userdata: object, flags: mqtt.DisconnectFlags,
-                         reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+                         reason_code: ReasonCode, properties: Properties | None) -> None:
         if self.connected:
             self._set_disconnected(str(reason_code))
 
@@ -226,12 +228,13 @@ class MqttLink:
         self._call(1, reason)
 
     def _paho_message(self, client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
-        self._call(2, Inbound(message.topic, message.payload, bool(message.retain)))
+        # paho types the payload bytes | bytearray; received, it is bytes, which bytes() returns as is.
+        self._call(2, Inbound(message.topic, bytes(message.payload), bool(message.retain)))
 
     def _paho_log(self, client: mqtt.Client, userdata: object, level: int, message: str) -> None:
         if level == mqtt.MQTT_LOG_ERR:
             self._paho_error = _SSL_LOCATION.sub("", message)
 
     def _paho_publish(self, client: mqtt.Client, userdata: object, mid: int,
-                      reason_code: mqtt.ReasonCode, properties: Properties | None) -> None:
+                      reason_code: ReasonCode, properties: Properties | None) -> None:
         self._call(3, mid)

@@ -24,6 +24,7 @@ class OutboxSender:
         self._sent: dict[int, float] = {}  # seq -> monotonic time of the last sending
         self._last_sent_seq = 0
         self._wake = asyncio.Event()
+        store.on_event_appended(self.wake)  # an event on disk goes out without anyone's nudge
         self.published = 0
         self.resent = 0
 

@@ -74,7 +74,7 @@ def _check_string(text: str, where: str) -> None:
         raise PayloadError(where, "holds a lone UTF-16 surrogate (not valid text)") from None
 
 
-def _short(exc: BaseException, limit: int = 200) -> str:
+def _short(exc: BaseException | str, limit: int = 200) -> str:
     text = str(exc)
     return text if len(text) <= limit else text[:limit] + "..."
 
@@ -102,7 +102,7 @@ def _optional(obj: dict[str, Any], key: str, kind: type | tuple[type, ...], path
 
 
 def _version(obj: dict[str, Any], key: str = "version") -> int:
-    value = _require(obj, key, int)
+    value: int = _require(obj, key, int)
     if not 1 <= value <= MAX_VERSION:
         raise PayloadError(key, f"must be an integer between 1 and {MAX_VERSION}, got {_short(str(value), 30)}")
     return value
@@ -266,7 +266,7 @@ COMMANDS = ("start", "stop", "set_availability", "resync", "set_site_limit")
 
 
 def check_request_id(obj: dict[str, Any]) -> str:
-    request_id = _require(obj, "request_id", str)
+    request_id: str = _require(obj, "request_id", str)
     if not request_id or len(request_id) > 200:
         raise PayloadError("request_id", "must be 1..200 characters")
     return request_id
@@ -306,7 +306,7 @@ def check_command(name: str, obj: dict[str, Any]) -> Command:
 # -- acks and online authorization -------------------------------------------------------
 
 def check_ack(obj: dict[str, Any]) -> list[str]:
-    ids = _require(obj, "ids", list)
+    ids: list[str] = _require(obj, "ids", list)
     for i, event_id in enumerate(ids):
         if not isinstance(event_id, str):
             raise PayloadError(f"ids[{i}]", "must be a string")
@@ -333,3 +333,20 @@ def check_auth_response(obj: dict[str, Any]) -> AuthResponse:
         user.setdefault("tokens", [])
         user = check_user(user, "user")
     return AuthResponse(request_id, status, user)
+
+
+def salvaged_request_id(payload: bytes) -> str | None:
+    """The request_id of a command rejected whole (JSON but for NaN/Infinity, or a lone surrogate
+    in another field) when that field itself is usable, so the cloud can tell which command its
+    error answer is for."""
+    if len(payload) > MAX_PAYLOAD_BYTES:
+        return None
+    try:
+        obj = json.loads(payload.decode("utf-8"))
+        if not isinstance(obj, dict):
+            return None
+        request_id = check_request_id(obj)
+        check_text(request_id, "request_id")
+        return request_id
+    except (ValueError, UnicodeError, PayloadError, RecursionError):
+        return None

@@ -4,12 +4,19 @@ Pure parts (no I/O):
   _tree        LimitTree: the site connection, circuits, each charger's circuit, phases and rotation
   _allocator   allocate() (admission at >= 6 A or paused, max-min fair filling, priorities),
                plan_changeover() (lower before raising), failsafe_currents(), violations()
-  _controller  LoadController: meter readings -> headroom (other load, safe current when the meter is
-               silent, the cloud's limit), give-back of unused current, confirmations, decisions
+  _settings    GridLimits (the site's connection as load management needs it), LoadSettings (tuning)
+  _headroom    SiteHeadroom: the site limit in force (configured, or the cloud's lower one until it
+               expires), the other load from site meter readings, the headroom they leave
+  _controller  LoadController: sessions, readings and writes -> decisions; give-back of unused
+               current, confirmations of lowerings, reaction times
 The I/O shell:
-  _runner      LoadManagementLoop: reads the site meter, writes chargers, measures reaction times
+  _runner      LoadManagementLoop: reads the site meter, decides, and asks each EVSE's ShareWriter
+               (in the agent: its EVSE controller) to offer its share; it never writes a charger itself
+  _standalone  OwnedCharger: load management on its own (the proof harness), polling and writing
+               each charger itself
 
-Data flows one way: readings and sessions in, offers out. Nothing here knows MQTT or the store.
+Data flows one way: readings and sessions in, offers out. Nothing here knows MQTT; of the store,
+only its meta (MetaStore), where _runner keeps the cloud's limit in force across a restart.
 """
 from __future__ import annotations
 
@@ -25,8 +32,10 @@ from ._allocator import (
     plan_changeover,
     violations,
 )
-from ._controller import Decision, GridLimits, LoadController, LoadSettings, Reaction, SiteLimit
-from ._runner import LoadManagementLoop, SitePlan, charger_ranges, site_plan
+from ._controller import Decision, LoadController, Reaction
+from ._headroom import SiteLimit
+from ._runner import LoadManagementLoop, ShareWriter, SitePlan, charger_ranges, site_plan
+from ._settings import GridLimits, LoadSettings
 from ._tree import (
     PHASE_NAMES,
     Circuit,
@@ -57,6 +66,7 @@ __all__ = [
     "LoadManagementLoop",
     "LoadSettings",
     "Reaction",
+    "ShareWriter",
     "SiteLimit",
     "SitePlan",
     "Step",

@@ -10,6 +10,8 @@ What counts against the limits for each EVSE is `counted_a`: the last offer writ
 old, higher one while a lowering is unconfirmed (until the charger's reading shows the car
 follows, at most IEC 61851's 5 s), and the higher of old and new after a failed write or while
 the charger does not answer (then also at least its own fail-safe current).
+
+The site's limit, the other load and the headroom they leave are SiteHeadroom's (_headroom).
 """
 from __future__ import annotations
 
@@ -20,47 +22,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ._allocator import Allocation, Demand, Headroom, Step, allocate, violations
+from ._headroom import SiteHeadroom, SiteLimit
+from ._settings import GridLimits, LoadSettings
 from ._tree import EPS, ZERO, Currents, LimitTree, add
 
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class GridLimits:
-    """The `site:` section as load management needs it."""
-
-    max_current_a: float  # per phase
-    safe_current_a: float  # per phase for all chargers while the site meter is silent (or absent: unused)
-    meter: bool = False  # a site meter is configured
-    meter_timeout_s: float = 5.0
-    max_power_w: float | None = None
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LoadSettings:
-    """Tuning; the defaults suit real cars (which take up to 5 s to follow a lower offer)."""
-
-    control_interval_s: float = 0.5  # decide at least this often
-    meter_interval_s: float = 1.0  # read the site meter this often
-    meter_read_timeout_s: float = 1.5  # give up on one meter read after this long
-    reaction_budget_s: float = 1.0  # the meter counts as silent this long before meter_timeout_s, so
-    # that the safe current is in place by meter_timeout_s after the last fresh reading
-    other_load_hold_s: float = 10.0  # the other load estimate is the peak of this window (the meter
-    # and the chargers are read at different moments, so one sample can be too low)
-    giveback_after_s: float = 5.0  # an offer must stand this long before its use is judged
-    giveback_threshold_a: float = 2.0  # unused current that is given back to the others
-    giveback_margin_a: float = 1.0  # kept above what a car draws
-    grow_threshold_a: float = 0.5  # a capped car drawing within this of its cap gets a full share again
-    lowering_confirm_s: float = 5.0  # IEC 61851: an EV follows a lower PWM within 5 s
-    ramp_s: float = 5.0  # after a new offer, a charger's draw is uncertain this long (see site_meter_reading)
-    confirm_tolerance_a: float = 0.5
-    resume_margin_a: float = 1.0  # per phase, to spare before a waiting EVSE (re)starts
-    min_pause_s: float = 10.0  # a paused session stays paused at least this long (no start/stop cycling)
-
-
-@dataclass(frozen=True, slots=True)
-class SiteLimit:
-    max_current_a: float  # per phase, in force now
-    until: float | None  # monotonic; None: until changed
-    source: str  # "configured" or "cloud"
+# GridLimits, LoadSettings and SiteLimit live with the parts that read them; they are named here too.
+__all__ = ["Decision", "GridLimits", "LoadController", "LoadSettings", "Reaction", "ReactionLog", "SiteLimit"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,10 +92,7 @@ class LoadController:
         self.settings = settings or LoadSettings()
         self.failsafe_a = dict(failsafe_a or {})
         self._evses = {link.evse_id: _Evse(counted_a=link.range.max_a) for link in tree.evses}
-        self._override: SiteLimit | None = None
-        self._meter_at: float | None = None  # last fresh site meter reading
-        self._meter_silent_since: float | None = None
-        self._other: deque[tuple[float, Currents, float | None, bool]] = deque()  # (at, A, W, settled)
+        self._site = SiteHeadroom(tree, grid=grid, settings=self.settings, note=self._note)
         self._cause: tuple[str, float] | None = None
         self._last_headroom: Headroom | None = None
         self._last: Decision | None = None
@@ -197,18 +161,7 @@ class LoadController:
                 offered = self.tree.evse(evse_id).load(evse.counted_a)
                 draw = (max(draw[0], offered[0]), max(draw[1], offered[1]), max(draw[2], offered[2]))
             draws = add(draws, draw)
-        other = tuple(max(0.0, float(currents_a[p]) - draws[p]) for p in range(3))
-        other_w = None
-        if power_w is not None and math.isfinite(power_w):
-            other_w = max(0.0, power_w - sum(draws) * self.tree.voltage_v)
-        before = self._other_load(at) if self._meter_at is not None else None
-        if self._meter_at is None or self._meter_silent_since is not None:
-            self._meter_silent_since = None
-        self._meter_at = at
-        self._other.append((at, (other[0], other[1], other[2]), other_w, settled))
-        after = self._other_load(at)
-        if before is not None and any(after[p] > before[p] + 0.5 for p in range(3)):
-            self._note("other load rose", at)
+        self._site.meter_reading(currents_a, at=at, power_w=power_w, draws=draws, settled=settled)
 
     def evse_reading(self, evse_id: str, *, at: float, state: str | None = None,
                      currents_a: Sequence[float] | None = None, offered_a: float | None = None) -> bool:
@@ -273,61 +226,26 @@ class LoadController:
     def set_site_limit(self, max_current_a: float | None, *, at: float, until: float | None = None) -> SiteLimit:
         """The cloud's limit: lowers (never raises above the configured) the site's per-phase limit
         until `until` (monotonic; None: until changed). None, or at least the configured limit: restore."""
-        configured = self.grid.max_current_a
-        if until is not None and until <= at:
-            raise ValueError(f"until is {at - until:.1f} s in the past")
-        if max_current_a is not None and not (math.isfinite(max_current_a) and max_current_a >= 0):
-            raise ValueError(f"max_current_a must be a finite number >= 0, got {max_current_a}")
-        if max_current_a is None or max_current_a >= configured:
-            self._override = None
-        else:
-            self._override = SiteLimit(float(max_current_a), until, "cloud")
-            self._note(f"site limit set to {max_current_a:g} A", at)
-        return self.site_limit(at)
+        return self._site.set_limit(max_current_a, at=at, until=until)
 
     # -- what it says ---------------------------------------------------------------------------
 
     def site_limit(self, now: float) -> SiteLimit:
-        if self._override is not None and self._override.until is not None and now >= self._override.until:
-            self._override = None
-        return self._override or SiteLimit(self.grid.max_current_a, None, "configured")
+        return self._site.site_limit(now)
 
     def meter_fresh(self, now: float) -> bool:
-        return self._meter_at is not None and now - self._meter_at < self._stale_after()
+        return self._site.meter_fresh(now)
 
     def headroom(self, now: float) -> Headroom:
-        limit = self.site_limit(now)
-        source = "configured limit" if limit.source == "configured" else f"cloud limit {limit.max_current_a:g} A"
-        if not self.grid.meter:
-            return Headroom(site_a=self.tree.site_limits(limit.max_current_a), site_power_w=self.grid.max_power_w,
-                            source=f"{source}, no site meter")
-        if not self.meter_fresh(now):
-            if self._meter_at is not None and self._meter_silent_since is None:
-                self._meter_silent_since = now
-                self._note("site meter silent", self._meter_at)
-            why = "no site meter reading yet" if self._meter_at is None else "site meter silent"
-            safe = min(self.grid.safe_current_a, limit.max_current_a)
-            return Headroom(site_a=self.tree.site_limits(safe), site_power_w=self.grid.max_power_w,
-                            source=f"{why}: safe current {safe:g} A")
-        other = self._other_load(now)
-        caps = self.tree.site_limits(limit.max_current_a)
-        site_a = (caps[0] - other[0], caps[1] - other[1], caps[2] - other[2])
-        power = self.grid.max_power_w
-        other_w = self._other_power(now)
-        if power is not None and other_w is not None:
-            power -= other_w
-        return Headroom(site_a=site_a, site_power_w=power, source=f"{source} minus other load (site meter)")
+        return self._site.headroom(now)
 
     def other_load(self, now: float) -> Currents | None:
-        return self._other_load(now) if self.grid.meter and self.meter_fresh(now) else None
+        return self._site.other_load(now)
 
     def next_deadline(self, now: float) -> float | None:
         """The next time something changes without any input (meter staleness, holds, limit expiry)."""
         times = [e.hold_until for e in self._evses.values() if e.hold_until is not None]
-        if self.grid.meter and self._meter_at is not None and self._meter_silent_since is None:
-            times.append(self._meter_at + self._stale_after())
-        if self._override is not None and self._override.until is not None:
-            times.append(self._override.until)
+        times += self._site.deadlines()
         future = [t for t in times if t > now]
         return min(future) if future else None
 
@@ -448,10 +366,6 @@ class LoadController:
         if self._cause is None:
             self._cause = (cause, at)
 
-    def _stale_after(self) -> float:
-        timeout = self.grid.meter_timeout_s
-        return max(timeout - self.settings.reaction_budget_s, timeout / 2)
-
     def _written(self, evse: _Evse, amps: float, at: float) -> None:
         previous = evse.commanded_a
         if previous is None or abs(amps - previous) > EPS:
@@ -487,32 +401,6 @@ class LoadController:
             evse.ceiling_a = link.range.ceil(draw + s.giveback_margin_a)
         elif evse.ceiling_a is not None and draw >= evse.ceiling_a - s.grow_threshold_a:
             evse.ceiling_a = None
-
-    def _window(self, now: float) -> list[tuple[float, Currents, float | None, bool]]:
-        """The samples of the hold window (at least the latest), plus the latest settled one if the
-        window has none; older ones are dropped."""
-        if not self._other:
-            return []
-        start = now - self.settings.other_load_hold_s
-        kept = [s for s in self._other if s[0] >= start] or [self._other[-1]]
-        if not any(s[3] for s in kept):
-            settled = next((s for s in reversed(self._other) if s[3]), None)
-            if settled is not None and settled not in kept:
-                kept.insert(0, settled)
-        if len(kept) != len(self._other):
-            self._other = deque(kept)
-        return kept
-
-    def _other_load(self, now: float) -> Currents:
-        peak = [0.0, 0.0, 0.0]
-        for _, other, _, _ in self._window(now):
-            for p in range(3):
-                peak[p] = max(peak[p], other[p])
-        return (peak[0], peak[1], peak[2])
-
-    def _other_power(self, now: float) -> float | None:
-        values = [w for _, _, w, _ in self._window(now) if w is not None]
-        return max(values) if values else None
 
 
 @dataclass(slots=True)

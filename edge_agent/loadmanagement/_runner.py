@@ -1,15 +1,16 @@
-"""The control loop: reads the site meter, decides, writes the chargers (lowering before raising).
+"""The control loop: reads the site meter, decides, and asks each EVSE to offer its share
+(lowering before raising). It never writes a charger itself.
 
-Inside the agent (Site polls the chargers and owns sessions):
+Inside the agent (each EVSE controller polls its charger, owns its sessions and is the only
+writer of its offer):
 
     plan = site_plan(config)                       # tree, grid limits, each charger's fail-safe current
     ... create_charger(..., failsafe_current_a=plan.failsafe_a[evse_id]) ...
-    loop = LoadManagementLoop(plan=plan, chargers=chargers, meter=meter, locks=locks, on_offer=...)
-    task = asyncio.create_task(loop.run())
+    loop = LoadManagementLoop(plan=plan, writers=evse_controllers, meter=meter)
     loop.session_started("3"); loop.charger_reading("3", reading); loop.session_ended("3", stopped=True)
 
-Standalone (`own_chargers=True`), the loop also sets up, polls and keeps alive the chargers
-itself, as the proof harness does.
+Standalone (`chargers=`), the loop's own OwnedCharger per charger sets it up, polls it and
+writes it, as the proof harness does (`_standalone.py`).
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from drivers.errors import DeviceError
 
 from ._allocator import Step, failsafe_currents
 from ._controller import Decision, GridLimits, LoadController, LoadSettings, Reaction, ReactionLog, SiteLimit
+from ._standalone import OwnedCharger
 from ._tree import CurrentRange, LimitTree
 
 if TYPE_CHECKING:
@@ -41,6 +43,15 @@ SITE_LIMIT_META = "site_limit"  # the cloud's limit in force: {"max_current_a", 
 
 class SiteMeter(Protocol):
     async def measure(self) -> Measurement: ...
+
+
+class ShareWriter(Protocol):
+    """The one writer of an EVSE's offer (the agent's EVSE controller); load management asks it."""
+
+    async def write_share(self, amps: float) -> bool:
+        """Offers `amps` to the session holding a share (0 with none: the charger is disabled).
+        False: nothing written, the session ended while the request waited. Raises DeviceError."""
+        ...
 
 
 class MetaStore(Protocol):  # edge_agent.store.Store
@@ -63,6 +74,8 @@ def charger_ranges(config: SiteConfig) -> dict[str, CurrentRange]:
     for charger in config.chargers:
         regmap = load_map(charger.model)
         control = regmap.control
+        if control is None:
+            raise ValueError(f"charger {charger.evse_id}: the {charger.model} map has no current control")
         step = regmap.registers[control.register].scale
         top = control.max_current_a if charger.max_current_a is None else float(charger.max_current_a)
         out[charger.evse_id] = CurrentRange(min_a=float(control.min_current_a), max_a=float(top),
@@ -90,17 +103,19 @@ class LoadManagementLoop:
         self,
         *,
         plan: SitePlan,
-        chargers: Mapping[str, Charger],  # writes set_max_current/enable; own_chargers: polls too
+        writers: Mapping[str, ShareWriter] | None = None,  # in the agent: its EVSE controllers
+        chargers: Mapping[str, Charger] | None = None,  # standalone: the loop polls and writes them itself
         meter: SiteMeter | None = None,
         settings: LoadSettings | None = None,
-        own_chargers: bool = False,
         poll_interval_s: float = 1.0,
-        locks: Mapping[str, asyncio.Lock] | None = None,
-        on_offer: Callable[[str, float], None] | None = None,
         on_reaction: Callable[[Reaction], None] | None = None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        missing = {link.evse_id for link in plan.tree.evses} - set(chargers)
+        if (writers is None) == (chargers is None):
+            raise ValueError("give either writers (the agent's EVSE controllers) or chargers (standalone)")
+        self._owned = {e: OwnedCharger(e, c, self) for e, c in (chargers or {}).items()}
+        self.writers: dict[str, ShareWriter] = dict(writers) if writers is not None else dict(self._owned)
+        missing = {link.evse_id for link in plan.tree.evses} - set(self.writers)
         if missing:
             raise ValueError(f"no charger for EVSE(s) {', '.join(sorted(missing))}")
         if plan.grid.meter and meter is None:
@@ -108,16 +123,13 @@ class LoadManagementLoop:
         self.plan = plan
         self.settings = settings or LoadSettings()
         self.controller = LoadController(plan.tree, grid=plan.grid, settings=self.settings, failsafe_a=plan.failsafe_a)
-        self.chargers = dict(chargers)
         self.meter = meter
         self.reactions = ReactionLog()
-        self._own = own_chargers
         self._poll_interval_s = poll_interval_s
-        self._locks = {e: (locks or {}).get(e) or asyncio.Lock() for e in self.chargers}
-        self._on_offer = on_offer
         self._on_reaction = on_reaction
         self._clock = clock
-        self._enabled: dict[str, bool] = {}
+        self.clock = clock
+        self._written: set[str] = set()  # EVSEs whose offer is known since the start (written or stopped)
         self._failing: set[str] = set()  # EVSEs whose last write failed (logged once)
         self._meter_ok: bool | None = None
         self._limit_until: datetime | None = None
@@ -139,11 +151,16 @@ class LoadManagementLoop:
         self._wake.set()
 
     def session_ended(self, evse_id: str, *, stopped: bool = False) -> None:
-        """`stopped`: the caller has already disabled the charger (Site does, with enable(False))."""
+        """`stopped`: the EVSE controller has already disabled the charger."""
         self.controller.session_ended(evse_id, at=self._clock(), stopped=stopped)
         if stopped:
-            self._enabled[evse_id] = False
+            self._written.add(evse_id)
         self._wake.set()
+
+    def charger_stopped(self, evse_id: str) -> None:
+        """Standalone: the charger was disabled at its setup (no session), so its offer is known: 0."""
+        self.controller.offer_written(evse_id, 0.0, at=self._clock())
+        self._written.add(evse_id)
 
     def has_offered(self, evse_id: str) -> bool:
         """This charger was written an offer since the start."""
@@ -278,8 +295,8 @@ class LoadManagementLoop:
         tasks = [asyncio.create_task(self._control_loop(), name="load-control")]
         if self.meter is not None:
             tasks.append(asyncio.create_task(self._meter_loop(), name="site-meter"))
-        if self._own:
-            tasks += [asyncio.create_task(self._poll_loop(e), name=f"load-poll-{e}") for e in self.chargers]
+        tasks += [asyncio.create_task(owned.poll_forever(self._poll_interval_s), name=f"load-poll-{e}")
+                  for e, owned in self._owned.items()]
         try:
             await asyncio.gather(*tasks)
         finally:
@@ -311,7 +328,7 @@ class LoadManagementLoop:
         if decision.lowering:
             # Until the loop has written a charger (after a restart) its offer is unknown: a step
             # down from the assumed maximum may be a raise, so it waits for the certain lowerings.
-            certain = [s for s in decision.lowering if s.to_a == 0 or s.evse_id in self._enabled]
+            certain = [s for s in decision.lowering if s.to_a == 0 or s.evse_id in self._written]
             unknown = [s for s in decision.lowering if s not in certain]
             for steps in (certain, unknown):
                 if steps:
@@ -328,32 +345,20 @@ class LoadManagementLoop:
 
     async def _write(self, step: Step) -> None:
         evse_id, amps = step.evse_id, step.to_a
-        charger = self.chargers[evse_id]
-        async with self._locks[evse_id]:
-            has_session = self.controller.has_session(evse_id)
-            if amps > 0 and not has_session:
-                return  # the session ended while this write waited for the lock
-            try:
-                if not has_session:
-                    await charger.enable(False)
-                    self._enabled[evse_id] = False
-                else:
-                    await charger.set_max_current(amps)
-                    if not self._enabled.get(evse_id):
-                        await charger.enable(True)  # writes the setpoint just set (or the stop value)
-                        self._enabled[evse_id] = True
-            except DeviceError as exc:
-                self.controller.offer_failed(evse_id, amps, at=self._clock())
-                if evse_id not in self._failing:
-                    self._failing.add(evse_id)
-                    log.warning("load management: cannot offer %g A on EVSE %s: %s", amps, evse_id, exc)
-                return
-            self.controller.offer_written(evse_id, amps, at=self._clock())
+        try:
+            if not await self.writers[evse_id].write_share(amps):
+                return  # the session ended while this request waited
+        except DeviceError as exc:
+            self.controller.offer_failed(evse_id, amps, at=self._clock())
+            if evse_id not in self._failing:
+                self._failing.add(evse_id)
+                log.warning("load management: cannot offer %g A on EVSE %s: %s", amps, evse_id, exc)
+            return
+        self.controller.offer_written(evse_id, amps, at=self._clock())
+        self._written.add(evse_id)
         if evse_id in self._failing:
             self._failing.discard(evse_id)
             log.info("load management: EVSE %s takes offers again", evse_id)
-        if self._on_offer is not None:
-            self._on_offer(evse_id, amps)
 
     async def _meter_loop(self) -> None:
         assert self.meter is not None
@@ -378,35 +383,6 @@ class LoadManagementLoop:
                                                    power_w=None if m.power_w is None else float(m.power_w))
                 self._wake.set()
             await asyncio.sleep(max(0.0, interval - (self._clock() - started)))
-
-    async def _poll_loop(self, evse_id: str) -> None:
-        charger = self.chargers[evse_id]
-        needs_setup = True
-        failed = 0
-        while True:
-            started = self._clock()
-            async with self._locks[evse_id]:
-                try:
-                    if needs_setup:
-                        await charger.setup()
-                        if not self.controller.has_session(evse_id):
-                            await charger.enable(False)
-                            self._enabled[evse_id] = False
-                            self.controller.offer_written(evse_id, 0.0, at=self._clock())
-                        needs_setup = False
-                    reading = await charger.poll()
-                    await charger.keepalive()
-                except DeviceError as exc:
-                    failed += 1
-                    if failed == 1:
-                        log.warning("load management: EVSE %s unavailable: %s", evse_id, exc)
-                    self.charger_unavailable(evse_id)
-                else:
-                    if failed:
-                        log.info("load management: EVSE %s back after %d failed polls", evse_id, failed)
-                    failed = 0
-                    self.charger_reading(evse_id, reading)
-            await asyncio.sleep(max(0.0, self._poll_interval_s - (self._clock() - started)))
 
 
 def _rfc3339(at: datetime) -> str:

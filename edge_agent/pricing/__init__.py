@@ -9,8 +9,10 @@ Pure: no I/O, no clock, no floats except in the JSON renderings.
 """
 from __future__ import annotations
 
+from ._arithmetic import money_json
+from ._charging_period import ChargingPeriod
 from ._periods import MeterSample, periods_from_samples
-from ._pricer import ChargingPeriod, Cost, DimensionCost, money_json, price_cdr, price_periods
+from ._pricer import Cost, DimensionCost, price_cdr, price_periods
 from ._session import (
     RunningCost,
     SessionPrice,

@@ -13,7 +13,9 @@ from datetime import datetime, timedelta
 from decimal import Decimal, localcontext
 from typing import Any
 
-from ._pricer import PRECISION, ChargingPeriod, TimeCuts, as_utc, kwh_thresholds, rate_signature, site_zone
+from ._arithmetic import PRECISION
+from ._charging_period import ChargingPeriod, as_utc
+from ._restrictions import TimeCuts, kwh_thresholds, rate_signature, site_zone
 from ._tariff import Tariff, decimal_from_json, parse_ocpi_datetime
 
 _ONE_MICROSECOND = timedelta(microseconds=1)
@@ -55,9 +57,10 @@ class MeterSample:
         current: Decimal | None = None
         if isinstance(raw, list | tuple):
             phases = [decimal_from_json(p) for p in raw if p is not None]
-            if any(p is None for p in phases):
+            numbers = [p for p in phases if p is not None]
+            if len(numbers) < len(phases):
                 raise ValueError(f"sample.current_a: must hold numbers, got {raw!r}")
-            current = sum(phases, Decimal(0)) if phases else None  # type: ignore[arg-type]
+            current = sum(numbers, Decimal(0)) if numbers else None
         elif raw is not None:
             current = decimal_from_json(raw)
             if current is None:

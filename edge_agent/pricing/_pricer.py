@@ -19,72 +19,37 @@ How a session is priced:
    VAT separately.
 
 Nothing is rounded: amounts keep 50 significant digits until Cost.to_json.
+
+Which component applies where (1, 2) is _restrictions; the arithmetic of 1, 3 and 5 is _arithmetic.
 """
 from __future__ import annotations
 
-import bisect
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime, time, timedelta, tzinfo
-from decimal import ROUND_CEILING, ROUND_HALF_EVEN, ROUND_HALF_UP, Decimal, localcontext
+from datetime import datetime, timedelta, tzinfo
+from decimal import ROUND_HALF_EVEN, Decimal, localcontext
 from itertools import pairwise
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from ._arithmetic import PRECISION, STEP_UNITS, bounded, microseconds, money_json, share, step_extra, sum_lines
+from ._charging_period import ChargingPeriod, as_utc
+from ._restrictions import TimeCuts, first_component, kwh_thresholds, site_zone
 from ._tariff import (
-    WEEKDAYS,
     Price,
     PriceComponent,
     Tariff,
     TariffDimension,
-    TariffRestrictions,
     decimal_from_json,
     parse_ocpi_datetime,
     parse_tariff,
 )
 
-PRECISION = 50
 _ZERO = Decimal(0)
-_MIDNIGHT = time(0, 0)
-_ONE_MICROSECOND = timedelta(microseconds=1)
-# Step rounding reads totals at this resolution (seconds or Wh), so that a last-digit remainder
-# of proportional splitting can never push a total past a step boundary.
-_STEP_RESOLUTION = Decimal("1e-6")
-_JSON_RESOLUTION = Decimal("0.0001")
-_STEP_UNITS = {TariffDimension.ENERGY: Decimal(1000), TariffDimension.TIME: Decimal(3600),
-               TariffDimension.PARKING_TIME: Decimal(3600)}
 # kWh, hours, A or kW of one CDR period: far above any real one, low enough for exact Decimal.
 MAX_CDR_VOLUME = 1_000_000
 _CDR_DIMENSIONS = {"ENERGY": "energy_kwh", "TIME": "charging_h", "PARKING_TIME": "parking_h",
                    "MIN_CURRENT": "min_current_a", "MAX_CURRENT": "max_current_a",
                    "MIN_POWER": "min_power_kw", "MAX_POWER": "max_power_kw"}
-
-
-@dataclass(frozen=True)
-class ChargingPeriod:
-    """What happened from `start` until the next period starts (or the session ends).
-
-    The rates are what OCPI CDR dimensions MIN/MAX_CURRENT (A, summed over phases) and
-    MIN/MAX_POWER (kW) carry; None means unknown, and a restriction on an unknown rate holds
-    (as in the tandemdrive reference pricer).
-    """
-
-    start: datetime
-    energy_kwh: Decimal = _ZERO
-    charging_h: Decimal = _ZERO
-    parking_h: Decimal = _ZERO
-    min_current_a: Decimal | None = None
-    max_current_a: Decimal | None = None
-    min_power_kw: Decimal | None = None
-    max_power_kw: Decimal | None = None
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "start", as_utc(self.start, "ChargingPeriod.start"))
-        for name in ("energy_kwh", "charging_h", "parking_h"):
-            object.__setattr__(self, name, _quantity(getattr(self, name), f"ChargingPeriod.{name}"))
-        for name in ("min_current_a", "max_current_a", "min_power_kw", "max_power_kw"):
-            if getattr(self, name) is not None:
-                object.__setattr__(self, name, _quantity(getattr(self, name), f"ChargingPeriod.{name}"))
 
 
 @dataclass(frozen=True)
@@ -132,31 +97,6 @@ def price_cdr(tariff_obj: Mapping[str, Any], cdr_obj: Mapping[str, Any], *, tz: 
     tariff = parse_tariff(tariff_obj)
     session_start, session_end, periods = _read_cdr(cdr_obj)
     return price_periods(tariff, periods, session_start=session_start, session_end=session_end, tz=tz)
-
-
-# -- what the tariff makes relevant (also used to build periods from meter samples) -------------
-
-def site_zone(tz: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(tz)
-    except (ZoneInfoNotFoundError, ValueError, TypeError) as exc:
-        raise ValueError(f"tz: unknown time zone {tz!r}") from exc
-
-
-def as_utc(moment: datetime, name: str) -> datetime:
-    if not isinstance(moment, datetime) or moment.utcoffset() is None:
-        raise ValueError(f"{name}: must be a timezone-aware datetime")
-    return moment.astimezone(UTC)
-
-
-def kwh_thresholds(tariff: Tariff) -> list[Decimal]:
-    values = {v for r in _all_restrictions(tariff) for v in (r.min_kwh, r.max_kwh) if v is not None}
-    return sorted(values)
-
-
-def rate_signature(tariff: Tariff, period: ChargingPeriod) -> tuple[bool, ...]:
-    """Which elements' current/power restrictions this period's rates satisfy."""
-    return tuple(_rates_match(r, period) for r in _all_restrictions(tariff))
 
 
 # -- pricing ---------------------------------------------------------------------------------
@@ -207,49 +147,6 @@ class _Usage:
 _METERED = (TariffDimension.ENERGY, TariffDimension.TIME, TariffDimension.PARKING_TIME)
 
 
-class TimeCuts:
-    """The instants of one session where a time- or duration-based restriction may change its
-    verdict, computed per local day on demand and kept sorted. A few harmless extra instants
-    (midnight, the DST change itself) may be included."""
-
-    def __init__(self, tariff: Tariff, zone: tzinfo, session_start: datetime) -> None:
-        self._zone = zone
-        self._walls = sorted(_wall_boundaries(tariff))
-        self._instants = sorted({session_start + timedelta(seconds=s) for s in _duration_thresholds(tariff)})
-        self._days: tuple[date, date] | None = None
-
-    def between(self, start: datetime, end: datetime) -> list[datetime]:
-        """The cuts strictly inside (start, end)."""
-        if end <= start:
-            return []
-        self._cover(start, end)
-        return self._instants[bisect.bisect_right(self._instants, start):bisect.bisect_left(self._instants, end)]
-
-    def any_between(self, start: datetime, end: datetime) -> bool:
-        if end <= start:
-            return False
-        self._cover(start, end)
-        index = bisect.bisect_right(self._instants, start)
-        return index < len(self._instants) and self._instants[index] < end
-
-    def _cover(self, start: datetime, end: datetime) -> None:
-        first = start.astimezone(self._zone).date() - timedelta(days=1)
-        last = end.astimezone(self._zone).date() + timedelta(days=1)
-        if self._days is not None and self._days[0] <= first and last <= self._days[1]:
-            return
-        if self._days is not None:
-            first, last = min(first, self._days[0]), max(last, self._days[1])
-        new: set[datetime] = set(self._instants)
-        day = first
-        while day <= last:
-            if self._days is None or not self._days[0] <= day <= self._days[1]:
-                for wall in self._walls:
-                    new.update(_instants_of_wall_time(datetime.combine(day, wall), self._zone))
-            day += timedelta(days=1)
-        self._instants = sorted(new)
-        self._days = (first, last)
-
-
 class Bill:
     """A session's usage, priced period by period in time order; cost() reads the total so far.
 
@@ -291,8 +188,8 @@ class Bill:
                 if quantity <= 0:
                     continue
                 self.usage[dimension].total += quantity
-                component = _first_component(self.tariff, dimension, local, elapsed, piece.energy_before_kwh,
-                                             piece.period)
+                component = first_component(self.tariff, dimension, local, elapsed, piece.energy_before_kwh,
+                                            piece.period)
                 if component is not None:
                     self.usage[dimension].bill(component, quantity)
 
@@ -306,36 +203,36 @@ class Bill:
             lines = dict(used.lines)
             extra = _ZERO
             if used.last is not None and not (dimension is TariffDimension.TIME and parking_billed):
-                extra = _step_extra(used.total, used.last.step_size, _STEP_UNITS[dimension])
+                extra = step_extra(used.total, used.last.step_size, STEP_UNITS[dimension])
                 if extra:
                     lines[used.last] = lines.get(used.last, _ZERO) + extra
             by_dimension[dimension.value.lower()] = DimensionCost(
-                quantity=used.total + extra, amount=_sum_lines(lines.items()))
+                quantity=used.total + extra, amount=sum_lines(lines.items()))
 
-        flat = _first_component(tariff, TariffDimension.FLAT, self.session_start.astimezone(zone), timedelta(0),
-                                _ZERO, self.first_period)
+        flat = first_component(tariff, TariffDimension.FLAT, self.session_start.astimezone(zone), timedelta(0),
+                               _ZERO, self.first_period)
         flat_lines = [(flat, Decimal(1))] if flat is not None else []
-        by_dimension["flat"] = DimensionCost(quantity=Decimal(len(flat_lines)), amount=_sum_lines(flat_lines))
+        by_dimension["flat"] = DimensionCost(quantity=Decimal(len(flat_lines)), amount=sum_lines(flat_lines))
 
         excl = sum((d.amount.excl_vat for d in by_dimension.values()), _ZERO)
         incl = sum((d.amount.incl_vat or _ZERO for d in by_dimension.values()), _ZERO)
-        excl, incl = _bounded(excl, incl, tariff)
+        excl, incl = bounded(excl, incl, tariff)
         return Cost(currency=tariff.currency, excl_vat=excl, incl_vat=incl, by_dimension=by_dimension)
 
     def _slices(self, period: ChargingPeriod, end: datetime) -> Iterator[_Slice]:
         thresholds = self.thresholds
         edges = [period.start, *self.cuts.between(period.start, end), end]
-        spans = [_microseconds(b - a) for a, b in pairwise(edges)] if end > period.start else [Decimal(1)]
+        spans = [microseconds(b - a) for a, b in pairwise(edges)] if end > period.start else [Decimal(1)]
         for at, energy, charging, parking in zip(
-                edges[:-1], _share(period.energy_kwh, spans), _share(period.charging_h, spans),
-                _share(period.parking_h, spans), strict=True):
+                edges[:-1], share(period.energy_kwh, spans), share(period.charging_h, spans),
+                share(period.parking_h, spans), strict=True):
             energy_so_far = self.energy_so_far
             marks = [energy_so_far, *(k for k in thresholds if energy_so_far < k < energy_so_far + energy),
                      energy_so_far + energy]
             by_energy = [b - a for a, b in pairwise(marks)]
             start = at
             for part, charging_part, parking_part in zip(
-                    _share(energy, by_energy), _share(charging, by_energy), _share(parking, by_energy),
+                    share(energy, by_energy), share(charging, by_energy), share(parking, by_energy),
                     strict=True):
                 yield _Slice(at, start, self.energy_so_far, part, charging_part, parking_part, period)
                 self.energy_so_far += part
@@ -348,156 +245,6 @@ def _price(tariff: Tariff, periods: list[ChargingPeriod], session_start: datetim
     for index, period in enumerate(periods):
         bill.add(period, periods[index + 1].start if index + 1 < len(periods) else session_end)
     return bill.cost()
-
-
-def _share(total: Decimal, weights: Sequence[Decimal]) -> list[Decimal]:
-    """Split total in proportion to weights; the parts add up to total exactly."""
-    whole = sum(weights, _ZERO)
-    if len(weights) == 1 or whole <= 0 or total == 0:
-        return [total] + [_ZERO] * (len(weights) - 1)
-    parts = [total * w / whole for w in weights[:-1]]
-    parts.append(max(total - sum(parts, _ZERO), _ZERO))
-    return parts
-
-
-def _first_component(tariff: Tariff, dimension: TariffDimension, local: datetime, elapsed: timedelta,
-                     energy_so_far: Decimal, period: ChargingPeriod | None) -> PriceComponent | None:
-    for element in tariff.elements:
-        component = element.component(dimension)
-        if component is not None and _matches(element.restrictions, local, elapsed, energy_so_far, period):
-            return component
-    return None
-
-
-def _matches(r: TariffRestrictions | None, local: datetime, elapsed: timedelta, energy_so_far: Decimal,
-             period: ChargingPeriod | None) -> bool:
-    if r is None:
-        return True
-    if r.reservation is not None:  # the gateway prices no reservations
-        return False
-    return (_in_window(r.start_time, r.end_time, local.time())
-            and (r.start_date is None or local.date() >= r.start_date)
-            and (r.end_date is None or local.date() < r.end_date)
-            and (not r.day_of_week or WEEKDAYS[local.weekday()] in r.day_of_week)
-            and (r.min_kwh is None or energy_so_far >= r.min_kwh)
-            and (r.max_kwh is None or energy_so_far < r.max_kwh)
-            and (r.min_duration is None or elapsed >= timedelta(seconds=r.min_duration))
-            and (r.max_duration is None or elapsed < timedelta(seconds=r.max_duration))
-            and (period is None or _rates_match(r, period)))
-
-
-def _in_window(start: time | None, end: time | None, now: time) -> bool:
-    """[start, end) in wall-clock time; end before start wraps past midnight; equal start and
-    end (other than 00:00) is an empty window, as OCPI only wraps when end < start."""
-    if end == _MIDNIGHT:
-        end = None  # "00:00" as end_time is the end of the day
-    if start is not None and end is not None and end < start:
-        return now >= start or now < end
-    return (start is None or now >= start) and (end is None or now < end)
-
-
-def _rates_match(r: TariffRestrictions, period: ChargingPeriod) -> bool:
-    def at_least(value: Decimal | None, bound: Decimal | None) -> bool:
-        return bound is None or value is None or value >= bound
-
-    def below(value: Decimal | None, bound: Decimal | None) -> bool:
-        return bound is None or value is None or value < bound
-
-    return (at_least(period.min_current_a, r.min_current) and below(period.max_current_a, r.max_current)
-            and at_least(period.min_power_kw, r.min_power) and below(period.max_power_kw, r.max_power))
-
-
-def _step_extra(total: Decimal, step_size: int, units_per_quantity: Decimal) -> Decimal:
-    """The quantity to add so that the total becomes a whole number of steps."""
-    in_units = total * units_per_quantity
-    steps = (in_units.quantize(_STEP_RESOLUTION, ROUND_HALF_EVEN) / step_size).to_integral_value(ROUND_CEILING)
-    return max(steps * step_size - in_units, _ZERO) / units_per_quantity
-
-
-def _sum_lines(lines: Iterable[tuple[PriceComponent, Decimal]]) -> Price:
-    excl = incl = _ZERO
-    for component, quantity in lines:
-        amount = quantity * component.price
-        excl += amount
-        incl += amount if component.vat is None else amount * (100 + component.vat) / 100
-    return Price(excl_vat=excl, incl_vat=incl)
-
-
-def _bounded(excl: Decimal, incl: Decimal, tariff: Tariff) -> tuple[Decimal, Decimal]:
-    """min_price/max_price bind excl and incl VAT separately; a limit without incl_vat leaves the
-    incl-VAT total alone (OCPI gives no rule to derive it, and VAT rates differ per component)."""
-    if tariff.min_price is not None:
-        excl = max(excl, tariff.min_price.excl_vat)
-        if tariff.min_price.incl_vat is not None:
-            incl = max(incl, tariff.min_price.incl_vat)
-    if tariff.max_price is not None:
-        excl = min(excl, tariff.max_price.excl_vat)
-        if tariff.max_price.incl_vat is not None:
-            incl = min(incl, tariff.max_price.incl_vat)
-    return excl, incl
-
-
-# -- local wall time -------------------------------------------------------------------------
-
-def _all_restrictions(tariff: Tariff) -> list[TariffRestrictions]:
-    return [e.restrictions for e in tariff.elements if e.restrictions is not None]
-
-
-def _wall_boundaries(tariff: Tariff) -> set[time]:
-    walls = {_MIDNIGHT}  # day_of_week, start_date and end_date change at local midnight
-    for r in _all_restrictions(tariff):
-        walls.update(t for t in (r.start_time, r.end_time) if t is not None)
-    return walls
-
-
-def _duration_thresholds(tariff: Tariff) -> set[int]:
-    return {d for r in _all_restrictions(tariff) for d in (r.min_duration, r.max_duration) if d is not None}
-
-
-def _instants_of_wall_time(wall: datetime, zone: tzinfo) -> set[datetime]:
-    """The UTC instants at which local time reaches `wall`. Around a DST change the two folds
-    differ; the change itself is then included too, because there the local clock jumps over
-    (spring forward) or back across (fall back) the wall time."""
-    first = wall.replace(tzinfo=zone, fold=0).astimezone(UTC)
-    second = wall.replace(tzinfo=zone, fold=1).astimezone(UTC)
-    if first == second:
-        return {first}
-    return {first, second, _offset_change_between(min(first, second), max(first, second), zone)}
-
-
-def _offset_change_between(before: datetime, after: datetime, zone: tzinfo) -> datetime:
-    """The first whole second in (before, after] with `after`'s UTC offset."""
-    target = after.astimezone(zone).utcoffset()
-    low, high = int(before.timestamp()), int(after.timestamp())
-    while high - low > 1:
-        middle = (low + high) // 2
-        if datetime.fromtimestamp(middle, UTC).astimezone(zone).utcoffset() == target:
-            high = middle
-        else:
-            low = middle
-    return datetime.fromtimestamp(high, UTC)
-
-
-# -- numbers ---------------------------------------------------------------------------------
-
-def _microseconds(delta: timedelta) -> Decimal:
-    return Decimal(delta // _ONE_MICROSECOND)
-
-
-def _quantity(value: Any, name: str) -> Decimal:
-    if isinstance(value, float):
-        raise TypeError(f"{name}: must be a Decimal or int, not float")
-    number = decimal_from_json(value)
-    if number is None or number < 0:
-        raise ValueError(f"{name}: must be a finite number >= 0")
-    return number
-
-
-def money_json(amount: Decimal) -> float:
-    """An amount as the cloud contract wants it: a JSON number, 4 decimals, half up."""
-    with localcontext() as ctx:
-        ctx.prec = PRECISION
-        return float(amount.quantize(_JSON_RESOLUTION, ROUND_HALF_UP))
 
 
 # -- OCPI CDR --------------------------------------------------------------------------------

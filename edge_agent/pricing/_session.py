@@ -15,8 +15,11 @@ from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, localcontext
 from typing import Any
 
+from ._arithmetic import PRECISION, money_json
+from ._charging_period import ChargingPeriod
 from ._periods import IntervalMaker, MeterSample, Runs, intervals_of, periods_from_samples
-from ._pricer import PRECISION, Bill, ChargingPeriod, Cost, TimeCuts, money_json, site_zone
+from ._pricer import Bill, Cost
+from ._restrictions import TimeCuts, site_zone
 from ._tariff import Price, Tariff, parse_tariff
 
 _ZERO = Decimal(0)
@@ -215,7 +218,9 @@ class RunningCost:
 
     def cost_so_far(self, latest: MeterSample) -> float:
         """if_ended(latest) incl VAT as the JSON number the final cost would carry."""
-        return money_json(self.if_ended(latest).incl_vat)
+        incl_vat = self.if_ended(latest).incl_vat
+        assert incl_vat is not None  # a computed Price has both amounts
+        return money_json(incl_vat)
 
 
 def running_cost(tariff_obj: Mapping[str, Any] | None, tariff_id: str | None, samples: Sequence[MeterSample],

@@ -16,12 +16,12 @@ from ._errors import (
     TokenTaken,
 )
 from ._files import check_file, fold_wal, schema_version
+from ._outbox import Envelope
 from ._schema import SCHEMA_VERSION, SchemaTooNew
 from ._staging import DuplicateToken, DuplicateUser, UserStaging
 from ._store import (
     DB_FILE,
     CommandResult,
-    Envelope,
     SessionRecord,
     Store,
     UserRecord,

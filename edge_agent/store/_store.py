@@ -2,18 +2,17 @@ from __future__ import annotations
 
 import json
 import sqlite3
-import uuid
-from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
 from ..clock import parse_rfc3339, rfc3339
-from ._errors import StoreError, TokenTaken, storage_errors, typed_errors
+from ._errors import StoreError, TokenTaken, typed_errors
+from ._outbox import Envelope, Outbox
 from ._schema import migrate
 
 DB_FILE = "edge-agent.db"
@@ -27,16 +26,6 @@ class UserRecord:
     group: str | None
     blocked: bool
     valid_until: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class Envelope:
-    """An event as it sits in the outbox: `body` is the exact JSON sent, every time."""
-
-    seq: int
-    id: str
-    type: str
-    body: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,17 +81,19 @@ _SESSION_COLUMNS = [f for f in SessionRecord.__dataclass_fields__]
 
 
 @typed_errors
-class Store:
+class Store(Outbox):
     """Synchronous; used from the agent's event loop thread only (one writer).
 
-    Every statement on the store's tables is a method here. A public method raises the typed
-    errors of `._errors` (StorageFull, StorageCorrupt, StorageFailed) when the storage fails."""
+    Every statement on the store's tables is a method here (the outbox's: of its base, `._outbox`).
+    A public method raises the typed errors of `._errors` (StorageFull, StorageCorrupt,
+    StorageFailed) when the storage fails."""
 
     def __init__(self, data_dir: str | Path, *, read_only: bool = False, busy_timeout_ms: int = 5000,
                  query_only: bool = False) -> None:
         """`query_only` (with read_only): refuse writes, and read once now, so that a file that
         cannot be read fails here (a sqlite3.Error), not at the first query."""
         self.path = Path(data_dir) / DB_FILE
+        super().__init__()
         if read_only:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, isolation_level=None,
                                    check_same_thread=False)
@@ -120,6 +111,11 @@ class Store:
             conn.execute("PRAGMA synchronous = FULL")
             migrate(conn, str(self.path))
 
+    @classmethod
+    def open_read_only(cls, data_dir: str | Path, *, busy_timeout_ms: int = 500) -> Store:
+        """Beside the running agent (the technician's commands): reads only, waits briefly, never blocks its writes."""
+        return cls(data_dir, read_only=True, busy_timeout_ms=busy_timeout_ms, query_only=True)
+
     def close(self) -> None:
         self.db.conn.close()
 
@@ -129,18 +125,7 @@ class Store:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @contextmanager
-    def transaction(self) -> Iterator[None]:
-        with storage_errors(), self.db.atomic():
-            yield
-
     # -- counters and list versions ------------------------------------------------
-
-    def _next_counter(self, name: str) -> int:
-        self.db.execute(
-            "INSERT INTO counters(name, value) VALUES (?, 1) "
-            "ON CONFLICT(name) DO UPDATE SET value = value + 1", [name])
-        return int(self.db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()[0])
 
     def counter(self, name: str) -> int:
         row = self.db.execute("SELECT value FROM counters WHERE name = ?", [name]).fetchone()
@@ -282,54 +267,6 @@ class Store:
         row = self.db.execute("SELECT body FROM tariff_lists WHERE version = ?", [version]).fetchone()
         return json.loads(row[0]) if row else None
 
-    # -- outbox ----------------------------------------------------------------------
-
-    def _append_event(self, type_: str, data: dict[str, Any], *, ts: str, offline: bool) -> Envelope:
-        seq = self._next_counter("seq")
-        event_id = str(uuid.uuid4())
-        body = json.dumps({"id": event_id, "seq": seq, "type": type_, "ts": ts, "offline": offline,
-                           "data": data}, separators=(",", ":"))
-        self.db.execute("INSERT INTO outbox(seq, id, type, body) VALUES (?, ?, ?, ?)",
-                        [seq, event_id, type_, body])
-        return Envelope(seq, event_id, type_, body)
-
-    def append_event(self, type_: str, data: dict[str, Any], *, ts: str, offline: bool) -> Envelope:
-        with self.transaction():
-            return self._append_event(type_, data, ts=ts, offline=offline)
-
-    def pending_events(self, *, after_seq: int = 0, limit: int = 100) -> list[Envelope]:
-        rows = self.db.execute(
-            "SELECT seq, id, type, body FROM outbox WHERE seq > ? ORDER BY seq LIMIT ?",
-            [after_seq, limit]).fetchall()
-        return [Envelope(*row) for row in rows]
-
-    def acknowledge(self, event_ids: Iterable[str]) -> list[int]:
-        """Removes acknowledged events; returns the seqs that were still pending."""
-        ids = list(event_ids)
-        if not ids:
-            return []
-        removed: list[int] = []
-        # Not fsynced: losing an acknowledgement to a power cut only re-sends an event the cloud
-        # drops by id. The next billing commit (FULL) makes it durable anyway.
-        self.db.execute("PRAGMA synchronous = NORMAL")
-        try:
-            self._delete_acknowledged(ids, removed)
-        finally:
-            self.db.execute("PRAGMA synchronous = FULL")
-        return removed
-
-    def _delete_acknowledged(self, ids: list[str], removed: list[int]) -> None:
-        with self.transaction():
-            for chunk_start in range(0, len(ids), 500):
-                chunk = ids[chunk_start:chunk_start + 500]
-                marks = ",".join("?" * len(chunk))
-                removed += [r[0] for r in self.db.execute(
-                    f"SELECT seq FROM outbox WHERE id IN ({marks})", chunk).fetchall()]
-                self.db.execute(f"DELETE FROM outbox WHERE id IN ({marks})", chunk)
-
-    def outbox_pending(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM outbox").fetchone()[0])
-
     # -- sessions --------------------------------------------------------------------
 
     def start_session(self, record: SessionRecord, *, ts: str, offline: bool) -> Envelope:
@@ -338,7 +275,7 @@ class Store:
             row = {name: getattr(record, name) for name in _SESSION_COLUMNS}
             row["offline_start"] = int(record.offline_start)
             row["clock_synced"] = int(record.clock_synced)
-            self.db["sessions"].insert(row)
+            self.db.table("sessions").insert(row)
             return self._append_event("session_started", record.started_event_data(), ts=ts,
                                       offline=offline)
 
@@ -428,18 +365,28 @@ class Store:
     def active_sessions(self) -> list[SessionRecord]:
         return self.sessions(where="status = 'active'")
 
-    def sessions(self, *, where: str = "1", params: Sequence[Any] = (), limit: int | None = None
-                 ) -> list[SessionRecord]:
+    def session(self, session_id: str) -> SessionRecord | None:
+        found = self.sessions(where="id = ?", params=[session_id])
+        return found[0] if found else None
+
+    def sessions(self, *, where: str = "1", params: Sequence[Any] = (), limit: int | None = None,
+                 evse_id: str | None = None, user_or_token: str | None = None, status: str | None = None,
+                 since: datetime | None = None, until: datetime | None = None) -> list[SessionRecord]:
+        """By start, filtered by `where` and each filter given; since <= started_at < until, as RFC 3339 text."""
+        filters = {"evse_id = ?": evse_id, "(user_id = ? OR token = ?)": user_or_token, "status = ?": status,
+                   "started_at >= ?": since and rfc3339(since), "started_at < ?": until and rfc3339(until)}
+        given = {clause: value for clause, value in filters.items() if value is not None}
+        bound = [*params, *(value for clause, value in given.items() for _ in range(clause.count("?")))]
         # A read-only look at a database of an older schema (not migrated): its missing columns
         # take their defaults.
         present = {r[1] for r in self.db.execute("PRAGMA table_info(sessions)").fetchall()}
         names = [c for c in _SESSION_COLUMNS if c in present]
         cols = ", ".join(f'"{c}"' for c in names)
-        sql = f"SELECT {cols} FROM sessions WHERE {where} ORDER BY started_at"
+        sql = f"SELECT {cols} FROM sessions WHERE {' AND '.join([f'({where})', *given])} ORDER BY started_at"
         if limit:
             sql += f" LIMIT {int(limit)}"
         out = []
-        for row in self.db.execute(sql, list(params)).fetchall():
+        for row in self.db.execute(sql, bound).fetchall():
             values = dict(zip(names, row))
             values["offline_start"] = bool(values["offline_start"])
             values["clock_synced"] = bool(values["clock_synced"])

@@ -15,108 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-EXIT_OK = 0
-EXIT_NO_ANSWER = 1  # probe: the device did not answer; scan: nothing found
-EXIT_USAGE = 2  # bad arguments (argparse uses 2 as well)
-EXIT_PORT = 4  # the serial port cannot be opened or refuses every setting
+from ._exit_codes import ExitCode
 
 USUAL_BAUDRATES = (9600, 19200, 2400, 38400, 4800, 57600, 115200)
 USUAL_PARITIES = ("N", "E")
-
-EXIT_CODES = """exit codes:
-  0  the device answered (probe) / at least one device was found (scan)
-  1  no answer (probe) / nothing found (scan)
-  2  bad arguments (unknown model, a unit outside 1..247, ...)
-  4  the serial port cannot be opened, or refuses the settings"""
-
-
-def add_commands(subparsers: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
-    from drivers.modbus import available_meter_models, available_models
-
-    models = ", ".join(available_models() + available_meter_models())
-    probe = subparsers.add_parser(
-        "probe",
-        help="read a charger or meter by model and address: identity, firmware, state, energy, fail-safe",
-        description="Read one Modbus device as its register map says, without writing anything.",
-        epilog=f"models: {models}\n\n{EXIT_CODES}\n\nexamples:\n"
-               "  edge-agent probe --model bender-cc613 --host 10.0.0.21\n"
-               "  edge-agent probe --model heidelberg-energy-control --serial /dev/ttyUSB0 --unit 2\n"
-               "  edge-agent probe --model eastron-sdm630 --host 10.0.0.30 --transport rtu-over-tcp --port 4196",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    probe.add_argument("--model", required=True, help="register map name (see below)")
-    where = probe.add_mutually_exclusive_group(required=True)
-    where.add_argument("--host", help="Modbus TCP host, a TCP/RTU gateway, or a serial server")
-    where.add_argument("--serial", help="serial port of the RS-485 bus, e.g. /dev/ttyUSB0")
-    probe.add_argument("--port", type=int, help="TCP port (default: the model's, usually 502)")
-    probe.add_argument("--transport", choices=("tcp", "rtu-over-tcp"), help="with --host (default tcp)")
-    probe.add_argument("--baudrate", type=int, help="with --serial (default: the model's factory setting)")
-    probe.add_argument("--parity", choices=("N", "E", "O"), help="with --serial (default: the model's)")
-    probe.add_argument("--stopbits", type=int, choices=(1, 2), help="with --serial (default: the model's)")
-    probe.add_argument("--unit", type=int, help="Modbus unit id (default: the model's usual one)")
-    probe.add_argument("--connector", type=int, help="charge point behind the unit (phoenix-charx, etrel-inch)")
-    probe.add_argument("--timeout", type=float, default=1.0, help="seconds per request (default 1)")
-    probe.add_argument("--json", action="store_true", help="print one JSON object")
-    probe.set_defaults(func=cmd_probe)
-
-    scan = subparsers.add_parser(
-        "scan",
-        help="find Modbus units on a serial bus at the usual settings and suggest their models",
-        description="Ask every unit id at every baud rate / parity whether it is there (any answer counts, "
-                    "even an exception), then read each found unit's identifying registers as every register "
-                    "map that can sit on RS-485 says, and suggest the models whose registers all make sense. "
-                    "Reads only. On a pseudo-terminal every baud rate 'works' and parity E/O is refused.",
-        epilog=f"{EXIT_CODES}\n\nexamples:\n"
-               "  edge-agent scan --serial /dev/ttyUSB0\n"
-               "  edge-agent scan --serial /dev/ttyUSB0 --baudrates 19200 --parities E --units 1-16 --json",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    scan.add_argument("--serial", required=True, help="serial port of the RS-485 bus")
-    scan.add_argument("--baudrates", type=_int_list, default=list(USUAL_BAUDRATES),
-                      help=f"comma-separated (default {','.join(map(str, USUAL_BAUDRATES))})")
-    scan.add_argument("--parities", type=_parity_list, default=list(USUAL_PARITIES),
-                      help="comma-separated from N, E, O (default N,E)")
-    scan.add_argument("--units", type=_unit_list, default=list(range(1, 248)),
-                      help="unit ids, e.g. 1-247 or 1,3,10-12 (default 1-247)")
-    scan.add_argument("--timeout", type=float, default=0.2, help="seconds to wait per unit (default 0.2)")
-    scan.add_argument("--gap", type=float, default=0.05, help="quiet seconds between frames (default 0.05)")
-    scan.add_argument("--json", action="store_true", help="print one JSON object")
-    scan.set_defaults(func=cmd_scan)
-
-
-# -- argument types --
-
-
-def _int_list(text: str) -> list[int]:
-    try:
-        values = [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
-    if not values:
-        raise argparse.ArgumentTypeError("empty list")
-    return values
-
-
-def _parity_list(text: str) -> list[str]:
-    values = [v.strip().upper() for v in text.split(",") if v.strip()]
-    bad = [v for v in values if v not in ("N", "E", "O")]
-    if bad or not values:
-        raise argparse.ArgumentTypeError(f"parities are N, E or O, got {text!r}")
-    return values
-
-
-def _unit_list(text: str) -> list[int]:
-    units: list[int] = []
-    try:
-        for part in text.split(","):
-            lo, _, hi = part.strip().partition("-")
-            first, last = int(lo), int(hi or lo)
-            units.extend(range(first, last + 1))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected unit ids like 1-247 or 1,3,10-12, got {text!r}") from None
-    if not units or min(units) < 1 or max(units) > 247:
-        raise argparse.ArgumentTypeError(f"unit ids are 1..247, got {text!r}")
-    return sorted(set(units))
 
 
 # -- probe --
@@ -138,19 +40,19 @@ def cmd_probe(args: argparse.Namespace) -> int:
         regmap = load_any_map(args.model)
     except MapError as exc:
         print(f"edge-agent probe: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     try:
         result = asyncio.run(_probe(args, regmap.kind))
     except ValueError as exc:
         print(f"edge-agent probe: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return ExitCode.USAGE
     if args.json:
         print(json.dumps(result, default=_jsonable))
     else:
         _print_probe(result)
     if result.get("error"):
-        return EXIT_PORT if result.get("port_problem") else EXIT_NO_ANSWER
-    return EXIT_OK
+        return ExitCode.PORT if result.get("port_problem") else ExitCode.NO
+    return ExitCode.OK
 
 
 async def _probe(args: argparse.Namespace, kind: str) -> dict[str, Any]:
@@ -222,7 +124,7 @@ async def _probe(args: argparse.Namespace, kind: str) -> dict[str, Any]:
 
 
 async def _state_of(charger: Any, words: dict[str, list[int]]) -> dict[str, Any]:
-    from drivers.modbus._registermap import decode, field_value, raw_value
+    from drivers.modbus import decode, field_value, raw_value
 
     reg = charger.io.source("state")
     raw: Any = decode(reg, words["state"]) if reg.type == "ascii" else field_value(reg, raw_value(reg, words["state"]))
@@ -291,29 +193,6 @@ def _print_probe(r: dict[str, Any]) -> None:
         print(f"  {'built-in card reader':22} yes (the agent can take taps from it)")
 
 
-def failsafe_config_warnings(config: Any) -> list[str]:
-    """For `config check`: chargers whose safe current is set on the device (Alfen, in ACE), where a
-    gateway outage lets a plugged car charge unbilled unless the installer set it to 0."""
-    from drivers.modbus import MapError, load_map
-    from drivers.modbus._charger import unbilled_fallback_warning
-
-    warnings = []
-    for i, charger in enumerate(config.chargers):
-        try:
-            failsafe = load_map(charger.model).failsafe
-        except MapError:
-            continue  # config check reports the unknown model itself
-        if failsafe is None or failsafe.set_by != "device":
-            continue
-        timeout = charger.failsafe_timeout_s
-        after = timeout if timeout is not None else \
-            f"its setpoint validity (set in ACE; {failsafe.timeout_s:g} s by default)"
-        text = unbilled_fallback_warning(
-            f"its safe current ({failsafe.current_a:g} A unless changed in ACE; `edge-agent probe` reads it)", after)
-        warnings.append(f"chargers[{i}] (EVSE {charger.evse_id}, {charger.model}): {text}")
-    return warnings
-
-
 # -- scan --
 
 
@@ -343,10 +222,10 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(f"{args.serial} {f['baudrate']} 8{f['parity']}1 unit {f['unit']}: {models}{also}")
     if result.get("port_error"):
         print(f"edge-agent scan: {result['port_error']}", file=sys.stderr)
-        return EXIT_PORT
+        return ExitCode.PORT
     if result["skipped"] and not result["found"] and len(result["skipped"]) == len(args.baudrates) * len(args.parities):
-        return EXIT_PORT
-    return EXIT_OK if result["found"] else EXIT_NO_ANSWER
+        return ExitCode.PORT
+    return ExitCode.OK if result["found"] else ExitCode.NO
 
 
 async def _scan(args: argparse.Namespace) -> dict[str, Any]:
@@ -390,7 +269,7 @@ def _rtu_maps() -> list[Any]:
 
 async def _identify(device: Any, candidates: Sequence[Any], hit: Found) -> None:
     """Score every map against the unit: how many of its identifying registers read plausibly."""
-    from drivers.modbus._mapio import MapIO
+    from drivers.modbus import MapIO
 
     cache: dict[tuple[str, int, int], list[int] | None] = {}
     scored: list[tuple[int, str, dict[str, Any]]] = []
@@ -429,9 +308,10 @@ async def _read_or_none(io: Any, role: str) -> list[int] | None:
     from drivers.errors import DeviceError
 
     try:
-        return await io.read_register(role)
+        words: list[int] = await io.read_register(role)
     except DeviceError:
         return None
+    return words
 
 
 _IMPLAUSIBLE = object()
@@ -439,14 +319,14 @@ _IMPLAUSIBLE = object()
 
 def _plausible(regmap: Any, io: Any, role: str, words: list[int]) -> Any:
     from drivers.errors import NoValue
-    from drivers.modbus._registermap import decode, field_value, raw_value
+    from drivers.modbus import decode, field_value, raw_value
 
     reg = io.source(role)
     if role == "state":
         key: Any = decode(reg, words) if reg.type == "ascii" else field_value(reg, raw_value(reg, words))
         return key if key in regmap.states else _IMPLAUSIBLE
     if reg.type == "ascii":
-        text = decode(reg, words)
+        text = str(decode(reg, words))  # ascii registers decode to text
         if "\ufffd" in text or any(not (c.isprintable()) for c in text):
             return _IMPLAUSIBLE
         value: Any = text

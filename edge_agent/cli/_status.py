@@ -1,10 +1,81 @@
-"""`edge-agent status` as text: what a technician on a ladder needs to see at a glance."""
+"""`edge-agent status`: what the running agent is doing now, as a technician on a ladder needs to see it at a glance.
+
+The live view comes from the agent's status file on tmpfs; the database is only read (read-only)
+when the agent is not running.
+"""
 from __future__ import annotations
 
+import argparse
+import json
+import os
+import sys
+import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
-from .clock import parse_rfc3339
+from ..clock import parse_rfc3339
+from ._common import data_dir_of, db_path, open_store_read_only, schema_version_of
+from ._exit_codes import ExitCode
+
+
+def _database_summary(data_dir: Path) -> dict[str, Any] | None:
+    db = db_path(data_dir)
+    if not db.exists():
+        return None
+    with open_store_read_only(data_dir) as store:
+        active = store.session_count(active=True)
+        return {"path": str(db), "schema_version": schema_version_of(db), "outbox_pending": store.outbox_pending(),
+                "last_seq": store.counter("seq"), "users_version": store.list_version("users"),
+                "users": store.user_count(), "tariffs_version": store.list_version("tariffs"),
+                "active_sessions": int(active)}
+
+
+def _status_once(data_dir: Path, *, as_json: bool) -> tuple[int, str]:
+    from ..runtime_status import read_agent_status, status_file_candidates
+
+    live = read_agent_status(data_dir)
+    if live is None:
+        hidden = [p for p in status_file_candidates(data_dir) if p.exists() and not os.access(p, os.R_OK)]
+        if hidden:
+            return ExitCode.NO, (f"cannot read {hidden[0]}: permission denied; run it with sudo, or as a member "
+                                 "of the edge-agent group")
+    if live is not None and live.running:
+        health_ok = (live.content.get("health") or {}).get("ok", True)
+        code = ExitCode.OK if health_ok else ExitCode.NO
+        if as_json:
+            return code, json.dumps({"running": True, "healthy": health_ok, "age_s": round(live.age_s, 2),
+                                     "status_file": str(live.path), "agent": live.content}, indent=2)
+        return code, render_running(live.content, age_s=live.age_s)
+    database = _database_summary(data_dir)
+    age = live.age_s if live is not None else None
+    if as_json:
+        return ExitCode.NO, json.dumps({"running": False, "healthy": False, "status_age_s": age,
+                                        "data_dir": str(data_dir), "database": database}, indent=2)
+    return ExitCode.NO, render_stopped(database, status_age_s=age, data_dir=str(data_dir))
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    data_dir = data_dir_of(args)
+    if not args.watch or args.json:
+        code, text = _status_once(data_dir, as_json=args.json)
+        print(text)
+        return code
+    try:
+        while True:
+            code, text = _status_once(data_dir, as_json=False)
+            # Home, draw, clear what is left: no flicker on a slow serial console.
+            sys.stdout.write("\x1b[H" + "\n".join(line + "\x1b[K" for line in text.splitlines()) + "\n\x1b[J")
+            sys.stdout.write(f"\x1b[2m{time.strftime('%H:%M:%S')} · refreshing every {args.interval:g} s · "
+                             "Ctrl-C to quit\x1b[0m\x1b[K\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        print()
+        return ExitCode.OK
+
+
+# -- the text ------------------------------------------------------------------------------------
 
 
 def _duration(seconds: float) -> str:

@@ -7,21 +7,24 @@ would refuse.
 """
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
+import os
 import re
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import yaml
 
-from .config import CHARGER_MODELS, ChargerConfig, CloudConfig, ReaderConfig, SiteConfig, parse_config_text
-
-__all__ = ["Answers", "AnswersError", "answers_from_mapping", "parse_spec", "render_config", "scan_serial_bus"]
+from ..config import CHARGER_MODELS, ChargerConfig, CloudConfig, ReaderConfig, SiteConfig, parse_config_text
+from ._common import fail, print_json
+from ._exit_codes import ExitCode
 
 COMMENT_COLUMN = 36
 
@@ -80,7 +83,7 @@ def _number_or_text(value: str) -> Any:
     return value
 
 
-# -- the serial bus scan (edge_agent.technician, written alongside) --------------------------------
+# -- the serial bus scan (`edge-agent scan`, edge_agent/cli/_modbus_tools.py) -----------------------
 
 
 SCAN_UNITS = "1-32"  # a garage's bus; `edge-agent scan` alone covers 1-247 at every usual setting
@@ -220,10 +223,147 @@ def render_config(answers: Answers, *, written_by: str = "edge-agent config init
     else:
         lines.append(f"{'readers: []':<{COMMENT_COLUMN - 1}} # no card readers: app and cloud starts only")
     text = "\n".join(lines) + "\n"
-    from .config import ConfigError
+    from ..config import ConfigError
 
     try:
         parse_config_text(text, source="the new configuration")
     except ConfigError as exc:
         raise AnswersError(f"these answers do not make a valid configuration:\n{exc}") from None
     return text
+
+
+# -- the command -----------------------------------------------------------------------------------
+
+
+def _ask(prompt: str, default: str | None = None, *, required: bool = True) -> str:
+    suffix = f" [{default}]" if default else ""
+    while True:
+        answer = input(f"{prompt}{suffix}: ").strip()
+        if answer:
+            return answer
+        if default is not None:
+            return default
+        if not required:
+            return ""
+        print("  (an answer is needed)")
+
+
+def _interactive(found: dict[str, Any], *, scan: bool) -> dict[str, Any]:
+    say = lambda text: print(f"  {text}")  # noqa: E731
+    answers = dict(found)
+    if "gateway_id" not in answers:
+        answers["gateway_id"] = _ask("gateway id (the cloud's name for this gateway)")
+    if "timezone" not in answers:
+        answers["timezone"] = _ask("site time zone", "Europe/Oslo")
+    cloud = dict(answers.get("cloud") or {})
+    if "host" not in cloud:
+        cloud["host"] = _ask("MQTT broker host")
+    if "port" not in cloud:
+        tls = _ask("TLS to the broker? (yes/no)", "yes").lower().startswith("y")
+        cloud["port"] = int(_ask("MQTT broker port", "8883" if tls else "1883"))
+        if tls and "tls" not in cloud:
+            cloud["tls"] = {k: v for k, v in (
+                ("ca_file", _ask("  CA file (empty: the system's)", "", required=False)),
+                ("cert_file", _ask("  client certificate", "/etc/edge-agent/gw.pem")),
+                ("key_file", _ask("  client key", "/etc/edge-agent/gw.key"))) if v}
+    answers["cloud"] = cloud
+    if "offline_unknown" not in answers:
+        answers["offline_unknown"] = _ask("unknown cards while the cloud is unreachable: reject or accept", "reject")
+    if not answers.get("chargers"):
+        chargers: list[dict[str, Any]] = []
+        port = _ask("RS-485 adapter to scan for chargers (empty: no scan)", "/dev/ttyUSB0" if scan else "",
+                    required=False)
+        if port and scan:
+            found_chargers = scan_serial_bus(port, say=say) or []
+            for entry in found_chargers:
+                use = _ask(f"  found {entry['model']} unit {entry.get('unit')} on {port}: add it? (yes/no)", "yes")
+                if use.lower().startswith("y"):
+                    entry["evse_id"] = _ask("    its EVSE id", str(len(chargers) + 1))
+                    chargers.append(entry)
+        print("chargers as key=value lists, e.g. evse_id=1,model=bender-cc613,host=192.168.10.21 "
+              "or evse_id=2,model=heidelberg-energy-control,serial=/dev/ttyUSB0,unit=1 (empty line: done)")
+        while True:
+            spec = _ask(f"  charger {len(chargers) + 1}", "" if chargers else None, required=not chargers)
+            if not spec:
+                break
+            chargers.append(parse_spec(spec, what="charger"))
+        answers["chargers"] = chargers
+    if "readers" not in answers:
+        readers: list[dict[str, Any]] = []
+        print("card readers as key=value lists, e.g. driver=rdm6300,port=/dev/ttyAMA0,evse_id=1 (empty line: done)")
+        while True:
+            spec = _ask(f"  reader {len(readers) + 1}", "", required=False)
+            if not spec:
+                break
+            readers.append(parse_spec(spec, what="reader"))
+        answers["readers"] = readers
+    return answers
+
+
+def cmd_config_init(args: argparse.Namespace) -> int:
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        return fail(f"{out} exists; --force replaces it", ExitCode.NO)
+    try:
+        found: dict[str, Any] = {}
+        if args.answers:
+            try:
+                loaded = yaml.safe_load(Path(args.answers).read_text(encoding="utf-8"))
+            except (OSError, yaml.YAMLError) as exc:
+                return fail(f"{args.answers}: cannot read answers: {exc}", ExitCode.USAGE)
+            found = answers_from_mapping(loaded, source=args.answers)
+        for key, value in (("gateway_id", args.gateway_id), ("timezone", args.timezone),
+                           ("offline_unknown", args.offline_unknown), ("data_dir", args.data_dir_answer)):
+            if value is not None:
+                found[key] = value
+        cloud = dict(found.get("cloud") or {})
+        for key, value in (("host", args.cloud_host), ("port", args.cloud_port), ("username", args.username),
+                           ("password_file", args.password_file)):
+            if value is not None:
+                cloud[key] = value
+        if cloud:
+            found["cloud"] = cloud
+        if args.charger:
+            found["chargers"] = [parse_spec(s, what="--charger") for s in args.charger]
+        if args.reader:
+            found["readers"] = [parse_spec(s, what="--reader") for s in args.reader]
+        notes: list[str] = []
+        if args.scan:
+            entries = scan_serial_bus(args.scan, say=lambda text: print(text, file=sys.stderr),
+                                      units=args.scan_units, baudrates=args.scan_baudrates)
+            if entries is not None:
+                notes.append(f"serial bus scan of {args.scan}: {len(entries)} charger(s) found")
+                start = len(found.get("chargers") or [])
+                for index, entry in enumerate(entries):
+                    entry.setdefault("evse_id", str(start + index + 1))
+                found["chargers"] = [*(found.get("chargers") or []), *entries]
+        interactive = not args.non_interactive and sys.stdin.isatty()
+        if interactive:
+            found = _interactive(found, scan=args.scan is None)
+        missing = [k for k in ("gateway_id", "timezone", "chargers") if not found.get(k)]
+        if not (found.get("cloud") or {}).get("host"):
+            missing.append("cloud.host")
+        if missing:
+            return fail(f"missing answers: {', '.join(missing)} (give them in --answers FILE or as flags, "
+                        "or run on a terminal to be asked)", ExitCode.USAGE)
+        answers = Answers(gateway_id=str(found["gateway_id"]), timezone=str(found["timezone"]),
+                          cloud=dict(found["cloud"]), chargers=tuple(found["chargers"]),
+                          readers=tuple(found.get("readers") or ()),
+                          offline_unknown=str(found.get("offline_unknown") or "reject"),
+                          data_dir=found.get("data_dir"), log_level=found.get("log_level"), notes=tuple(notes))
+        text = render_config(answers)
+    except AnswersError as exc:
+        return fail(str(exc), ExitCode.CONFIG)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f".{out.name}.partial")
+    fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(text)
+    os.replace(partial, out)
+    if args.json:
+        print_json({"written": str(out), "chargers": len(answers.chargers), "readers": len(answers.readers)})
+    else:
+        print(f"{out}: written ({len(answers.chargers)} charger(s), {len(answers.readers)} reader(s)); "
+              f"check it any time with: edge-agent config check {out}")
+    return ExitCode.OK
+

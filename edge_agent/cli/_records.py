@@ -1,4 +1,5 @@
-"""Usage and revenue from the session records: `edge-agent report` and `edge-agent sessions`.
+"""What the records say: `edge-agent report` and `edge-agent sessions` (usage and revenue from the
+session records), and `edge-agent outbox` (the events the cloud has not acknowledged yet).
 
 Both read the agent's database read-only (it never blocks charging) and take a period in the
 site's local calendar: --from and --to are dates, both included; the default is the current
@@ -24,12 +25,14 @@ from pathlib import Path
 from typing import Any, TextIO
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from .cli import EXIT_FAILURE, EXIT_OK, EXIT_USAGE, _load_config
-from .store import SessionRecord, Store
+from ..store import SessionRecord, Store
+from ._common import data_dir_of, load_config, open_existing_store_read_only
+from ._exit_codes import ExitCode
 
 CENT = Decimal("0.01")
 ROUNDING = ("each session's cost as recorded (4 decimals, as sent to the cloud) is summed exactly; "
             "only the sum is rounded, half up, to cents")
+REPORT_DESCRIPTION = (__doc__ or "").split("\n\n", 1)[1]  # `report --help`: all but the first paragraph
 
 
 # -- the period ---------------------------------------------------------------------------------
@@ -81,20 +84,6 @@ def period_from_args(args: argparse.Namespace, zone: ZoneInfo, *, today: date | 
     return Period(first, last, zone)
 
 
-def _date_arg(text: str) -> date:
-    try:
-        return date.fromisoformat(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a date as YYYY-MM-DD") from None
-
-
-def _zone_arg(text: str) -> ZoneInfo:
-    try:
-        return ZoneInfo(text)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise argparse.ArgumentTypeError(f"unknown time zone {text!r}") from None
-
-
 def _system_zone() -> ZoneInfo:
     """The gateway's own zone (/etc/timezone or the /etc/localtime link), else UTC."""
     candidates = []
@@ -127,35 +116,18 @@ class Where:
 
 def _where(args: argparse.Namespace) -> Where:
     if args.config:
-        config = _load_config(args.config)
+        config = load_config(args.config)
         return Where(Path(config.data_dir), args.tz or ZoneInfo(config.timezone))
     return Where(Path(args.data_dir), args.tz or _system_zone())
-
-
-def _open_store(data_dir: Path) -> Store:
-    if not (data_dir / "edge-agent.db").exists():
-        print(f"no database in {data_dir}", file=sys.stderr)
-        raise SystemExit(EXIT_FAILURE)
-    return Store(data_dir, read_only=True)
 
 
 def sessions_in(store: Store, period: Period, *, evse: str | None = None, user: str | None = None,
                 status: str | None = None) -> list[SessionRecord]:
     """Sessions that started within the period, in start order. started_at is RFC 3339 UTC text;
-    the SQL bounds are a coarse cut (text order is not time order within a second), the exact
+    the store's bounds are a coarse cut (text order is not time order within a second), the exact
     one is made on the parsed time."""
-    clauses, params = ["started_at >= ?", "started_at < ?"], [
-        _utc_text(period.start - timedelta(seconds=1)), _utc_text(period.end + timedelta(seconds=1))]
-    if evse is not None:
-        clauses.append("evse_id = ?")
-        params.append(evse)
-    if user is not None:
-        clauses.append("(user_id = ? OR token = ?)")
-        params += [user, user]
-    if status is not None:
-        clauses.append("status = ?")
-        params.append(status)
-    found = store.sessions(where=" AND ".join(clauses), params=params)
+    found = store.sessions(since=period.start - timedelta(seconds=1), until=period.end + timedelta(seconds=1),
+                           evse_id=evse, user_or_token=user, status=status)
     return [s for s in found if period.holds(_parse_utc(s.started_at))]
 
 
@@ -255,7 +227,9 @@ def build_report(sessions: Iterable[SessionRecord], period: Period) -> Report:
                 tally.name = name
             tally.add(s)
         total.add(s)
-    ordered = lambda table: [table[k] for k in sorted(table)]  # noqa: E731
+    def ordered(table: dict[str, Tally]) -> list[Tally]:
+        return [table[k] for k in sorted(table)]
+
     return Report(period, total, ordered(users), ordered(groups), ordered(evses), running)
 
 
@@ -267,8 +241,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         period = period_from_args(args, where.zone)
     except ValueError as exc:
         print(f"edge-agent report: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    with _open_store(where.data_dir) as store:
+        return ExitCode.USAGE
+    with open_existing_store_read_only(where.data_dir) as store:
         report = build_report(sessions_in(store, period), period)
     if args.json:
         print(json.dumps(report.to_json(), indent=2))
@@ -276,7 +250,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         _report_csv(report, sys.stdout)
     else:
         _report_table(report, sys.stdout)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _report_rows(report: Report) -> Iterable[tuple[str, Tally]]:
@@ -351,8 +325,8 @@ def cmd_sessions(args: argparse.Namespace) -> int:
             period = period_from_args(args, where.zone)
         except ValueError as exc:
             print(f"edge-agent sessions: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-    with _open_store(where.data_dir) as store:
+            return ExitCode.USAGE
+    with open_existing_store_read_only(where.data_dir) as store:
         sessions = sessions_in(store, period, evse=args.evse, user=args.user, status=args.status)
     if args.limit is not None:
         sessions = sessions[-args.limit:] if args.limit > 0 else []
@@ -378,39 +352,24 @@ def cmd_sessions(args: argparse.Namespace) -> int:
                   f"{r['reason'] or ''}")
             if r["unbilled_reason"]:
                 print(f"{'':26} not billed: {r['unbilled_reason']}")
-    return EXIT_OK
+    return ExitCode.OK
 
 
-# -- the parser ---------------------------------------------------------------------------------------
+# -- edge-agent outbox ---------------------------------------------------------------------------------
 
-def _common(p: argparse.ArgumentParser) -> None:
-    where = p.add_mutually_exclusive_group(required=True)
-    where.add_argument("--config", help="site configuration (its data_dir and timezone are read)")
-    where.add_argument("--data-dir", help="the agent's data directory")
-    p.add_argument("--tz", type=_zone_arg, help="time zone of the dates (default: the site's, "
-                                                "or this machine's with --data-dir)")
-    p.add_argument("--from", dest="date_from", type=_date_arg, metavar="YYYY-MM-DD",
-                   help="first day, included (sessions by their start)")
-    p.add_argument("--to", dest="date_to", type=_date_arg, metavar="YYYY-MM-DD", help="last day, included")
-    output = p.add_mutually_exclusive_group()
-    output.add_argument("--csv", action="store_true")
-    output.add_argument("--json", action="store_true")
-
-
-def add_commands(subparsers: Any) -> None:
-    report = subparsers.add_parser(
-        "report", help="usage and revenue per user, group and EVSE (default: this quarter)",
-        description=__doc__.split("\n\n", 1)[1], formatter_class=argparse.RawDescriptionHelpFormatter)
-    _common(report)
-    report.set_defaults(func=cmd_report)
-
-    sessions = subparsers.add_parser("sessions", help="list and export sessions (table, --csv or --json)")
-    _common(sessions)
-    sessions.add_argument("--evse", help="only this EVSE id")
-    sessions.add_argument("--user", help="only this user id (or token)")
-    sessions.add_argument("--status", choices=["active", "ended"])
-    sessions.add_argument("--limit", type=int, default=None, help="only the last N sessions")
-    sessions.set_defaults(func=cmd_sessions)
+def cmd_outbox(args: argparse.Namespace) -> int:
+    with open_existing_store_read_only(data_dir_of(args)) as store:
+        events = store.pending_events(limit=args.limit)
+        pending = store.outbox_pending()
+        seq = store.counter("seq")
+    if args.json:
+        print(json.dumps({"pending": pending, "last_seq": seq, "events": [json.loads(e.body) for e in events]}))
+        return ExitCode.OK
+    print(f"{pending} event(s) waiting for the cloud's acknowledgement; last seq {seq}")
+    for e in events:
+        body = json.loads(e.body)
+        print(f"  #{e.seq:<6} {e.type:16} {body['ts']}  offline={body['offline']}")
+    return ExitCode.OK
 
 
 # -- small helpers ------------------------------------------------------------------------------------
@@ -426,7 +385,9 @@ def _utc_text(moment: datetime) -> str:
 def _number(value: Any) -> Any:
     """Decimal -> JSON number with the same digits."""
     if isinstance(value, Decimal):
-        return int(value) if value == value.to_integral_value() and value.as_tuple().exponent >= 0 else float(value)
+        exponent = value.as_tuple().exponent  # a letter for NaN and infinities
+        whole = value == value.to_integral_value() and isinstance(exponent, int) and exponent >= 0
+        return int(value) if whole else float(value)
     raise TypeError(f"not JSON serializable: {value!r}")
 
 

@@ -1,0 +1,68 @@
+"""Load management on its own (the proof harness): it sets up, polls and writes each charger itself."""
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING
+
+from drivers.api import Charger
+from drivers.errors import DeviceError
+
+if TYPE_CHECKING:
+    from ._runner import LoadManagementLoop
+
+log = logging.getLogger("edge_agent.loadmanagement")
+
+
+class OwnedCharger:
+    """The one writer of a charger load management owns; a session is what the loop's controller holds."""
+
+    def __init__(self, evse_id: str, charger: Charger, loop: LoadManagementLoop) -> None:
+        self.evse_id = evse_id
+        self.charger = charger
+        self._loop = loop
+        self._lock = asyncio.Lock()
+        self._enabled = False
+
+    async def write_share(self, amps: float) -> bool:
+        async with self._lock:
+            has_session = self._loop.controller.has_session(self.evse_id)
+            if amps > 0 and not has_session:
+                return False
+            if not has_session:
+                await self.charger.enable(False)
+                self._enabled = False
+            else:
+                await self.charger.set_max_current(amps)
+                if not self._enabled:
+                    await self.charger.enable(True)  # writes the setpoint just set (or the stop value)
+                    self._enabled = True
+            return True
+
+    async def poll_forever(self, interval_s: float) -> None:
+        clock, loop = self._loop.clock, self._loop
+        needs_setup, failed = True, 0
+        while True:
+            started = clock()
+            async with self._lock:
+                try:
+                    if needs_setup:
+                        await self.charger.setup()
+                        if not loop.controller.has_session(self.evse_id):
+                            await self.charger.enable(False)
+                            self._enabled = False
+                            loop.charger_stopped(self.evse_id)
+                        needs_setup = False
+                    reading = await self.charger.poll()
+                    await self.charger.keepalive()
+                except DeviceError as exc:
+                    failed += 1
+                    if failed == 1:
+                        log.warning("load management: EVSE %s unavailable: %s", self.evse_id, exc)
+                    loop.charger_unavailable(self.evse_id)
+                else:
+                    if failed:
+                        log.info("load management: EVSE %s back after %d failed polls", self.evse_id, failed)
+                    failed = 0
+                    loop.charger_reading(self.evse_id, reading)
+            await asyncio.sleep(max(0.0, interval_s - (clock() - started)))
