@@ -25,6 +25,7 @@ import sys
 import time
 from pathlib import Path
 
+from edge_agent.cloud import Event
 from edge_agent.store import Store
 from hardware_sim.broker import MosquittoBroker
 from hardware_sim.chargers import SimCharger, SimChargerThread
@@ -40,8 +41,8 @@ CLOUD_ACK_BATCH_S = 0.002  # both clouds acknowledge what arrived within 2 ms in
 
 def fill_outbox(data_dir: Path, count: int, first: int) -> list[str]:
     with Store(data_dir) as store, store.transaction():
-        envelopes = [store.append_event("session_ended", session_ended_data(first + i),
-                                        ts="2026-01-05T19:45:40Z", offline=True) for i in range(count)]
+        envelopes = [store.append_event(Event("session_ended", session_ended_data(first + i),
+                                              "2026-01-05T19:45:40Z", True)) for i in range(count)]
     return [e.body for e in envelopes]
 
 

@@ -10,6 +10,7 @@ import time
 from datetime import UTC, datetime
 
 from drivers.api import ChargerReading, Measurement
+from edge_agent.cloud import Event, events
 from edge_agent.sessions import ActiveSession, EndSession, EnergyCounterRebased, EvseSessionMachine
 from edge_agent.store import SessionRecord, Store
 from edge_agent.store._schema import MIGRATIONS
@@ -115,10 +116,10 @@ def test_offset_unbilled_and_fault_land_together_and_an_older_database_migrates(
     with Store(old, read_only=True) as store:  # `edge-agent sessions` before the agent migrated it
         assert [(s.id, s.unbilled_wh, s.unbilled_reason) for s in store.sessions()] == [("s-old", 0, None)]
     with Store(old) as store:
-        store.start_session(record(), ts="2026-03-01T12:00:00Z", offline=False)
+        store.start_session(record(), event=events.session_started(record(), ts="2026-03-01T12:00:00Z", offline=False))
         store.set_unbilled_energy("s-1", offset_wh=-4990, unbilled_wh=4990, reason="counter jumped by 4990 Wh",
-                                  fault={"evse_id": "1", "error": "EVSE 1 energy counter: ...", "ts": "x"},
-                                  ts="2026-03-01T12:01:00Z", offline=True)
+                                  fault=Event("evse_fault", {"evse_id": "1", "error": "EVSE 1 energy counter: ...",
+                                                             "ts": "x"}, "2026-03-01T12:01:00Z", True))
     with Store(old) as store:
         [active] = store.active_sessions()
         assert (active.energy_offset_wh, active.unbilled_wh, active.unbilled_reason) == (
@@ -126,8 +127,8 @@ def test_offset_unbilled_and_fault_land_together_and_an_older_database_migrates(
         assert [e.type for e in store.pending_events()] == ["session_started", "evse_fault"]
         ended = {"ended_at": "2026-03-01T13:00:00Z", "meter_stop_wh": 2000, "energy_wh": 1000,
                  "unbilled_wh": 4990, "unbilled_reason": "counter jumped by 4990 Wh"}
-        store.end_session("s-1", ended=ended, event_data=ended, ts="2026-03-01T13:00:00Z", offline=False,
-                          then=[("evse_fault", {"evse_id": "1", "error": None, "ts": "2026-03-01T13:00:00Z"})])
+        store.end_session("s-1", ended=ended, event=Event("session_ended", ended, "2026-03-01T13:00:00Z", False),
+                          then=[events.evse_fault("1", None, ts="2026-03-01T13:00:00Z", offline=False)])
         bodies = [json.loads(e.body) for e in store.pending_events()]
         assert [b["type"] for b in bodies] == ["session_started", "evse_fault", "session_ended", "evse_fault"]
         assert bodies[-1]["data"]["error"] is None and bodies[-2]["data"]["unbilled_wh"] == 4990

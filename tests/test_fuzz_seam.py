@@ -26,7 +26,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edge_agent.agent import Agent
-from edge_agent.cloud import Inbound, RejectionLog
+from edge_agent.cloud import Inbound, RejectionLog, events
 from edge_agent.cloud._payloads import MAX_PAYLOAD_BYTES
 from edge_agent.config import parse_config_text
 from edge_agent.store import SessionRecord
@@ -172,7 +172,7 @@ chargers:
                            group="residents", user_name="Kari", auth="local_list", started_at="2026-03-01T10:00:00Z",
                            meter_start_wh=1000, tariff_id="T-RES", tariffs_version=3, offline_start=False,
                            clock_synced=True)
-    site.store.start_session(record, ts=record.started_at, offline=False)
+    site.store.start_session(record, event=events.session_started(record, ts=record.started_at, offline=False))
     site.store.add_sample("s-ended", ts="2026-03-01T10:01:00Z", energy_wh=1200, power_w=7000,
                           current_a=[10.0, 10.0, 10.0], charging=True)
     yield s

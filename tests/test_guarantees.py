@@ -13,6 +13,8 @@ import time
 
 import pytest
 
+from edge_agent.cloud import Event
+from edge_agent.cloud import events as cloud_events
 from edge_agent.store import SessionRecord, Store
 from hardware_sim.chargers import SimCharger
 from hardware_sim.site import UNKNOWN_TOKEN, SimulatedSite
@@ -167,25 +169,27 @@ ENDED_AND_REPORTED = ("ended", ("session_started", "session_ended"))
 
 def test_a_full_disk_while_ending_a_session_leaves_it_running_not_ended_unreported(tmp_path):
     with Store(tmp_path) as store:
-        store.start_session(_session(), ts="2026-01-01T10:00:00Z", offline=False)
+        store.start_session(_session(), event=cloud_events.session_started(_session(), ts="2026-01-01T10:00:00Z", offline=False))
         # The database may not grow any more: the session row fits where it is, its event does not.
         pages = store.db.execute("PRAGMA page_count").fetchone()[0]
         store.db.execute(f"PRAGMA max_page_count = {pages}")
         event_data = {"session_id": "s1", "charging_periods": ["x" * 1000] * 100}
         with pytest.raises(sqlite3.OperationalError, match="full"):
-            store.end_session("s1", ended=ENDED, event_data=event_data, ts=ENDED["ended_at"], offline=False)
+            store.end_session("s1", ended=ENDED, event=Event("session_ended", event_data, ENDED["ended_at"], False))
     assert session_and_events(tmp_path) == RUNNING
     # Space again: the retry ends it, once, with its event.
     with Store(tmp_path) as store:
-        store.end_session("s1", ended=ENDED, event_data=event_data, ts=ENDED["ended_at"], offline=False)
+        store.end_session("s1", ended=ENDED, event=Event("session_ended", event_data, ENDED["ended_at"], False))
     assert session_and_events(tmp_path) == ENDED_AND_REPORTED
 
 
 _END_AND_DIE = """
 import json, os, signal, sys
+from edge_agent.cloud import Event, events
 from edge_agent.store import SessionRecord, Store
 store = Store(sys.argv[1])
-store.start_session(SessionRecord(**json.loads(sys.argv[3])), ts="2026-01-01T10:00:00Z", offline=False)
+record = SessionRecord(**json.loads(sys.argv[3]))
+store.start_session(record, event=events.session_started(record, ts="2026-01-01T10:00:00Z", offline=False))
 kill_at, statements = int(sys.argv[2]), []
 def before_each_statement(sql):
     statements.append(sql)
@@ -193,7 +197,7 @@ def before_each_statement(sql):
         os.kill(os.getpid(), signal.SIGKILL)  # a power cut just before this statement runs
 store.db.conn.set_trace_callback(before_each_statement)
 ended = json.loads(sys.argv[4])
-store.end_session("s1", ended=ended, event_data={"session_id": "s1"}, ts=ended["ended_at"], offline=False)
+store.end_session("s1", ended=ended, event=Event("session_ended", {"session_id": "s1"}, ended["ended_at"], False))
 store.db.conn.set_trace_callback(None)
 print(len(statements), flush=True)
 """
@@ -231,7 +235,7 @@ def test_an_acknowledgement_restores_full_durability_for_what_follows(tmp_path):
     FULL = 2  # noqa: N806 - PRAGMA synchronous=FULL, by SQLite's name
     with Store(tmp_path) as store:
         assert synchronous(store) == FULL
-        events = [store.append_event("t", {"i": i}, ts="2026-01-01T00:00:00Z", offline=False) for i in range(3)]
+        events = [store.append_event(Event("t", {"i": i}, "2026-01-01T00:00:00Z", False)) for i in range(3)]
         assert store.acknowledge([events[0].id]) == [events[0].seq]
         assert synchronous(store) == FULL
         assert store.acknowledge(["no-such-id"]) == []
@@ -244,7 +248,7 @@ def test_an_acknowledgement_restores_full_durability_for_what_follows(tmp_path):
         assert synchronous(store) == FULL
         store.db.execute("DROP TRIGGER refuse_ack")
         # The session that follows is committed with FULL.
-        store.start_session(_session(), ts="2026-01-01T10:00:00Z", offline=False)
+        store.start_session(_session(), event=cloud_events.session_started(_session(), ts="2026-01-01T10:00:00Z", offline=False))
         assert synchronous(store) == FULL
 
 

@@ -6,6 +6,7 @@ import time
 
 import pytest
 
+from edge_agent.cloud import events
 from edge_agent.store import Store
 from hardware_sim.chaos import run_chaos
 from hardware_sim.site import SimulatedSite
@@ -25,9 +26,9 @@ def test_two_hundred_sigkills_lose_or_double_nothing(tmp_path):
 def fill_outbox(data_dir, n: int) -> None:
     with Store(data_dir) as store:
         for i in range(n):
-            store.append_event("meter_values", {"session_id": "s-old", "evse_id": "1", "samples": [
-                {"ts": "2026-01-01T00:00:00Z", "energy_wh": 1000 + i, "power_w": 0, "current_a": None}]},
-                ts="2026-01-01T00:00:00Z", offline=True)
+            store.append_event(events.meter_values("s-old", "1", [
+                {"ts": "2026-01-01T00:00:00Z", "energy_wh": 1000 + i, "power_w": 0, "current_a": None}],
+                ts="2026-01-01T00:00:00Z", offline=True))
 
 
 def first_arrivals(site) -> list[int]:

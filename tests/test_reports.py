@@ -11,6 +11,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from edge_agent.cli import Period, quarter_of
+from edge_agent.cloud import Event, events
 from edge_agent.pricing import MeterSample, price_session
 from edge_agent.store import SessionRecord, Store
 from helpers import edge_agent as run_edge_agent
@@ -37,15 +38,15 @@ def add_session(store: Store, sid: str, *, evse: str, user: str | None, group: s
                            user_name=name, auth="local_list", started_at=rfc3339(started), meter_start_wh=10_000,
                            tariff_id=(cost or {}).get("tariff_id"), tariffs_version=1, offline_start=False,
                            clock_synced=True)
-    store.start_session(record, ts=record.started_at, offline=False)
+    store.start_session(record, event=events.session_started(record, ts=record.started_at, offline=False))
     if not ended:
         return
     cost = cost or {"currency": None, "excl_vat": 0, "incl_vat": 0, "tariff_id": None}
     end = rfc3339(started + timedelta(minutes=minutes))
     done = {"ended_at": end, "meter_stop_wh": 10_000 + wh, "energy_wh": wh, "charging_s": minutes * 60,
             "parking_s": 0, "reason": "local", "cost": json.dumps(cost)}
-    store.end_session(sid, ended=done, event_data={**record.started_event_data(), **done, "cost": cost}, ts=end,
-                      offline=False)
+    store.end_session(sid, ended=done, event=Event(
+        "session_ended", {**events.session_started_data(record), **done, "cost": cost}, end, False))
 
 
 def half_cent(tariff_id: str = "T-RES") -> dict:

@@ -10,6 +10,7 @@ import time
 import pytest
 
 from edge_agent.authorization import Authorizer
+from edge_agent.cloud import Event, events
 from edge_agent.store import SCHEMA_VERSION, SchemaTooNew, SessionRecord, Store
 
 
@@ -32,10 +33,10 @@ def test_schema_version_and_downgrade_refused(tmp_path):
 
 def test_seq_survives_restart_and_ack_removes(tmp_path):
     with Store(tmp_path) as store:
-        first = [store.append_event("t", {"i": i}, ts="2026-01-01T00:00:00Z", offline=False) for i in range(3)]
+        first = [store.append_event(Event("t", {"i": i}, "2026-01-01T00:00:00Z", False)) for i in range(3)]
         store.acknowledge([first[1].id])
     with Store(tmp_path) as store:
-        nxt = store.append_event("t", {"i": 3}, ts="2026-01-01T00:00:00Z", offline=True)
+        nxt = store.append_event(Event("t", {"i": 3}, "2026-01-01T00:00:00Z", True))
         assert nxt.seq == 4
         assert [e.seq for e in store.pending_events()] == [1, 3, 4]
         assert json.loads(nxt.body)["offline"] is True
@@ -47,10 +48,10 @@ def test_session_ends_only_once(tmp_path):
                                user_name=None, auth="local_list", started_at="2026-01-01T00:00:00Z",
                                meter_start_wh=10, tariff_id=None, tariffs_version=None,
                                offline_start=False, clock_synced=True)
-        store.start_session(record, ts=record.started_at, offline=False)
-        store.end_session("s1", ended={"meter_stop_wh": 20}, event_data={}, ts="t", offline=False)
+        store.start_session(record, event=events.session_started(record, ts=record.started_at, offline=False))
+        store.end_session("s1", ended={"meter_stop_wh": 20}, event=Event("session_ended", {}, "t", False))
         with pytest.raises(Exception, match="not active"):
-            store.end_session("s1", ended={"meter_stop_wh": 30}, event_data={}, ts="t", offline=False)
+            store.end_session("s1", ended={"meter_stop_wh": 30}, event=Event("session_ended", {}, "t", False))
         assert [e.type for e in store.pending_events()] == ["session_started", "session_ended"]
 
 

@@ -15,6 +15,7 @@ from drivers.readers import ChargerReader
 
 from ..authorization import Decision
 from ..clock import parse_rfc3339, rfc3339, utc_now
+from ..cloud import events
 from ..loadmanagement import LoadManagementLoop
 from ..sessions import (
     Action,
@@ -166,7 +167,8 @@ class EvseController:
             await self._execute(self.machine.on_authorized(decision, now=time.monotonic(), at=utc_now()))
 
     def _fault_event(self, error: str | None) -> None:
-        self.journal.record_event("evse_fault", {"evse_id": self.evse_id, "error": error, "ts": rfc3339(utc_now())})
+        self.journal.record_event(events.evse_fault(self.evse_id, error, ts=rfc3339(utc_now()),
+                                                    offline=self.journal.offline))
 
     # -- the machine's actions --------------------------------------------------------------------
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Any
 
-from ..clock import rfc3339, utc_now
+from ..cloud import Event
 from ..store import StorageError, StorageFull, Store
 
 log = logging.getLogger("edge_agent.agent")
@@ -22,12 +21,12 @@ class Journal:
     def offline(self) -> bool:
         return not self.is_online()
 
-    def record_event(self, type_: str, data: dict[str, Any]) -> None:
+    def record_event(self, event: Event) -> None:
         """Appends an event for the cloud (the store's append wakes the outbox)."""
         try:
-            self.store.append_event(type_, data, ts=rfc3339(utc_now()), offline=self.offline)
+            self.store.append_event(event)
         except StorageError as exc:
-            if not self.storage_failed(exc, f"recording a {type_} event"):
+            if not self.storage_failed(exc, f"recording a {event.type} event"):
                 raise
 
     def storage_failed(self, exc: StorageError, what: str) -> bool:

@@ -13,6 +13,7 @@ from typing import Any
 from drivers.api import ChargerReading
 
 from ..clock import ClockWatch, parse_rfc3339, rfc3339, utc_now
+from ..cloud import events
 from ..pricing import MeterSample
 from ..sessions import ActiveSession, EndSession, EnergyCounterRebased, StartSession
 from ..store import SessionRecord, StorageError, Store
@@ -67,7 +68,7 @@ class SessionRecorder:
             auth=decision.method or "local_list", started_at=rfc3339(action.at), meter_start_wh=energy,
             tariff_id=tariff_id, tariffs_version=tariffs_version, offline_start=offline,
             clock_synced=self.clock.synced())
-        self.store.start_session(record, ts=record.started_at, offline=offline)
+        self.store.start_session(record, event=events.session_started(record, ts=record.started_at, offline=offline))
         self.store.add_sample(record.id, ts=record.started_at, energy_wh=energy,
                               power_w=action.reading.measurement.power_w,
                               current_a=action.reading.measurement.currents_a, charging=False)
@@ -109,8 +110,8 @@ class SessionRecorder:
         try:
             self.store.set_unbilled_energy(
                 self.record.id, offset_wh=action.offset_wh, unbilled_wh=action.unbilled_wh,
-                reason=action.unbilled_reason, ts=ts, offline=self.journal.offline,
-                fault={"evse_id": self.evse_id, "error": anomaly, "ts": ts})
+                reason=action.unbilled_reason,
+                fault=events.evse_fault(self.evse_id, anomaly, ts=ts, offline=self.journal.offline))
         except StorageError as exc:  # the session's end still records it (in memory)
             if not self.journal.storage_failed(exc, f"recording an un-billed jump on EVSE {self.evse_id}"):
                 raise
@@ -124,8 +125,8 @@ class SessionRecorder:
     def flush_meter_values(self) -> None:
         if self.record is None or not self.batch:
             return
-        self.journal.record_event("meter_values", {"session_id": self.record.id, "evse_id": self.evse_id,
-                                                   "samples": self.batch})
+        self.journal.record_event(events.meter_values(self.record.id, self.evse_id, self.batch,
+                                                      ts=rfc3339(utc_now()), offline=self.journal.offline))
         self.batch, self.batch_started = [], time.monotonic()
 
     def end(self, action: EndSession, *, session: ActiveSession | None, fault: str | None) -> dict[str, Any]:
@@ -156,12 +157,12 @@ class SessionRecorder:
         view = session if session is not None else record
         ended["unbilled_wh"], ended["unbilled_reason"] = view.unbilled_wh, view.unbilled_reason
         # The un-billed jump's fault clears with the session; a fault of the charger's own still stands.
-        cleared = [("evse_fault", {"evse_id": self.evse_id, "error": fault, "ts": ended_at})] \
-            if self.energy_anomaly else []
-        data = {**record.started_event_data(), **ended, "cost": cost, "charging_periods": priced.periods_json,
-                "clock_synced": record.clock_synced and self.clock.synced()}
-        self.store.end_session(record.id, ended=ended, event_data=data, ts=ended_at,
-                               offline=self.journal.offline, then=cleared)
+        offline = self.journal.offline
+        cleared = [events.evse_fault(self.evse_id, fault, ts=ended_at, offline=offline)] if self.energy_anomaly else []
+        event = events.session_ended(record, ended, cost=cost, charging_periods=priced.periods_json,
+                                     clock_synced=record.clock_synced and self.clock.synced(), ts=ended_at,
+                                     offline=offline)
+        self.store.end_session(record.id, ended=ended, event=event, then=cleared)
         self.unrecorded_end = None
         self.energy_anomaly = None
         self.record = None

@@ -11,6 +11,7 @@ from drivers.api import Tap
 
 from ..authorization import Authorizer, Decision
 from ..clock import rfc3339, utc_now
+from ..cloud import events
 from ._evse import EvseController
 from ._journal import Journal
 
@@ -113,5 +114,5 @@ class TapRouter:
         return decision
 
     def _rejected(self, tap: Tap, evse_id: str | None, decision: Decision) -> None:
-        self.journal.record_event("auth_rejected", {"token": tap.token, "evse_id": evse_id,
-                                                    "reason": decision.reason, "ts": rfc3339(utc_now())})
+        self.journal.record_event(events.auth_rejected(tap.token, evse_id, decision.reason, ts=rfc3339(utc_now()),
+                                                       offline=self.journal.offline))

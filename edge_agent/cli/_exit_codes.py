@@ -1,9 +1,9 @@
 """The exit codes of every `edge-agent` command, for scripts: this one table (docs/operations.md,
 "Exit codes").
 
-4 is "busy" for the commands that would take what the running agent owns (run, tap-test, migrate,
-import) and "the serial port cannot be used" for the Modbus tools (probe, scan), which never ask
-the agent for anything: scripts and tests rely on both, so they share the number.
+Each code has one meaning. 4, BUSY: what the command needs is taken or cannot be used: the data
+directory (another agent holds it), a reader the agent reads, a serial port that is in use or
+cannot be opened (probe, scan).
 """
 from __future__ import annotations
 
@@ -15,8 +15,7 @@ class ExitCode(IntEnum):
     NO = 1  # no: not running, may not charge, nothing found, no answer, refused, failed
     USAGE = 2  # bad arguments (argparse uses 2 as well)
     CONFIG = 3  # the configuration is invalid or cannot be read
-    BUSY = 4  # the running agent owns what was asked for (run, tap-test, migrate, import)
-    PORT = 4  # probe, scan: the serial port cannot be opened, or refuses every setting
+    BUSY = 4  # what it needs is taken or unusable: the data directory, a reader, a serial port
     DOWNGRADE = 5  # the data comes from a newer release
     TIMEOUT = 6  # tap-test: no card was read
 

@@ -51,7 +51,7 @@ def cmd_probe(args: argparse.Namespace) -> int:
     else:
         _print_probe(result)
     if result.get("error"):
-        return ExitCode.PORT if result.get("port_problem") else ExitCode.NO
+        return ExitCode.BUSY if result.get("port_problem") else ExitCode.NO
     return ExitCode.OK
 
 
@@ -222,9 +222,9 @@ def cmd_scan(args: argparse.Namespace) -> int:
             print(f"{args.serial} {f['baudrate']} 8{f['parity']}1 unit {f['unit']}: {models}{also}")
     if result.get("port_error"):
         print(f"edge-agent scan: {result['port_error']}", file=sys.stderr)
-        return ExitCode.PORT
+        return ExitCode.BUSY
     if result["skipped"] and not result["found"] and len(result["skipped"]) == len(args.baudrates) * len(args.parities):
-        return ExitCode.PORT
+        return ExitCode.BUSY
     return ExitCode.OK if result["found"] else ExitCode.NO
 
 

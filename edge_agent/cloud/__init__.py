@@ -1,9 +1,11 @@
 """The cloud link: MQTT connection, outbox sender, and checks of what the cloud sends.
 
-Where a session becomes an MQTT message: store outbox -> OutboxSender -> MqttLink.
+Where a session becomes an MQTT message: store outbox -> OutboxSender -> MqttLink. The events'
+envelope and data are built by `edge_agent.cloud.events` (Event, session_started, ...).
 """
 from __future__ import annotations
 
+from . import events
 from ._credentials import LinkCredentials, TlsFiles, link_credentials, lists_verify
 from ._download import DownloadError, DownloadPolicy, download_with_retries, shown_url
 from ._link import Inbound, MqttLink, describe_connect_error
@@ -33,6 +35,7 @@ from ._payloads import (
 from ._rejections import RejectionLog
 from ._topics import Topics
 from ._userstream import UserListReader
+from .events import Event
 
 __all__ = [
     "MAX_PAYLOAD_BYTES",
@@ -41,6 +44,7 @@ __all__ = [
     "Command",
     "DownloadError",
     "DownloadPolicy",
+    "Event",
     "Inbound",
     "LinkCredentials",
     "MqttLink",
@@ -63,6 +67,7 @@ __all__ = [
     "check_user_list_url",
     "describe_connect_error",
     "download_with_retries",
+    "events",
     "is_user_list_url",
     "link_credentials",
     "lists_verify",

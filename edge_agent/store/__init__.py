@@ -16,7 +16,7 @@ from ._errors import (
     TokenTaken,
 )
 from ._files import check_file, fold_wal, schema_version
-from ._outbox import Envelope
+from ._outbox import Envelope, OutboundEvent
 from ._schema import SCHEMA_VERSION, SchemaTooNew
 from ._staging import DuplicateToken, DuplicateUser, UserStaging
 from ._store import (
@@ -34,6 +34,7 @@ __all__ = [
     "DuplicateToken",
     "DuplicateUser",
     "Envelope",
+    "OutboundEvent",
     "SchemaTooNew",
     "SessionRecord",
     "StorageCorrupt",

@@ -3,16 +3,23 @@ and the transaction, which wakes the listeners (the sender) once the events appe
 committed."""
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Protocol
 
 from sqlite_utils import Database
 
 from ._errors import storage_errors, typed_errors
+
+
+class OutboundEvent(Protocol):
+    """An event to append (edge_agent.cloud.Event builds them: the wire format is the cloud's)."""
+
+    @property
+    def type(self) -> str: ...
+    def body(self, *, seq: int, event_id: str) -> str: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,19 +73,18 @@ class Outbox:
 
     # -- outbox ----------------------------------------------------------------------
 
-    def _append_event(self, type_: str, data: dict[str, Any], *, ts: str, offline: bool) -> Envelope:
+    def _append_event(self, event: OutboundEvent) -> Envelope:
         seq = self._next_counter("seq")
         self._appended = True
         event_id = str(uuid.uuid4())
-        body = json.dumps({"id": event_id, "seq": seq, "type": type_, "ts": ts, "offline": offline,
-                           "data": data}, separators=(",", ":"))
+        body = event.body(seq=seq, event_id=event_id)
         self.db.execute("INSERT INTO outbox(seq, id, type, body) VALUES (?, ?, ?, ?)",
-                        [seq, event_id, type_, body])
-        return Envelope(seq, event_id, type_, body)
+                        [seq, event_id, event.type, body])
+        return Envelope(seq, event_id, event.type, body)
 
-    def append_event(self, type_: str, data: dict[str, Any], *, ts: str, offline: bool) -> Envelope:
+    def append_event(self, event: OutboundEvent) -> Envelope:
         with self.transaction():
-            return self._append_event(type_, data, ts=ts, offline=offline)
+            return self._append_event(event)
 
     def pending_events(self, *, after_seq: int = 0, limit: int = 100) -> list[Envelope]:
         rows = self.db.execute(

@@ -12,7 +12,7 @@ from sqlite_utils import Database
 
 from ..clock import parse_rfc3339, rfc3339
 from ._errors import StoreError, TokenTaken, typed_errors
-from ._outbox import Envelope, Outbox
+from ._outbox import Envelope, OutboundEvent, Outbox
 from ._schema import migrate
 
 DB_FILE = "edge-agent.db"
@@ -60,21 +60,6 @@ class SessionRecord:
     energy_offset_wh: int = 0  # added to the charger's register after a counter reset
     unbilled_wh: int = 0  # counted by the charger, not billed: lasting implausible jumps
     unbilled_reason: str | None = None
-
-    def started_event_data(self) -> dict[str, Any]:
-        return {
-            "session_id": self.id,
-            "evse_id": self.evse_id,
-            "token": self.token,
-            "user_id": self.user_id,
-            "group": self.group,
-            "auth": self.auth,
-            "started_at": self.started_at,
-            "meter_start_wh": self.meter_start_wh,
-            "tariff_id": self.tariff_id,
-            "tariffs_version": self.tariffs_version,
-            "clock_synced": self.clock_synced,
-        }
 
 
 _SESSION_COLUMNS = [f for f in SessionRecord.__dataclass_fields__]
@@ -269,15 +254,14 @@ class Store(Outbox):
 
     # -- sessions --------------------------------------------------------------------
 
-    def start_session(self, record: SessionRecord, *, ts: str, offline: bool) -> Envelope:
+    def start_session(self, record: SessionRecord, *, event: OutboundEvent) -> Envelope:
         """The session row and its session_started event land in one transaction."""
         with self.transaction():
             row = {name: getattr(record, name) for name in _SESSION_COLUMNS}
             row["offline_start"] = int(record.offline_start)
             row["clock_synced"] = int(record.clock_synced)
             self.db.table("sessions").insert(row)
-            return self._append_event("session_started", record.started_event_data(), ts=ts,
-                                      offline=offline)
+            return self._append_event(event)
 
     def add_sample(self, session_id: str, *, ts: str, energy_wh: int, power_w: int | None,
                    current_a: Sequence[float] | None, charging: bool) -> None:
@@ -294,10 +278,10 @@ class Store(Outbox):
         return [{"ts": r[0], "energy_wh": r[1], "power_w": r[2],
                  "current_a": json.loads(r[3]) if r[3] else None, "charging": bool(r[4])} for r in rows]
 
-    def end_session(self, session_id: str, *, ended: dict[str, Any], event_data: dict[str, Any],
-                    ts: str, offline: bool, then: Sequence[tuple[str, dict[str, Any]]] = ()) -> Envelope:
-        """Closes the session and queues session_ended in one transaction; ends it only once.
-        `then`: events (type, data) queued after it in the same transaction."""
+    def end_session(self, session_id: str, *, ended: dict[str, Any], event: OutboundEvent,
+                    then: Sequence[OutboundEvent] = ()) -> Envelope:
+        """Closes the session and queues its session_ended `event` in one transaction; ends it only
+        once. `then`: events queued after it in the same transaction."""
         with self.transaction():
             status = self.db.execute("SELECT status FROM sessions WHERE id = ?", [session_id]).fetchone()
             if status is None or status[0] != "active":
@@ -305,22 +289,22 @@ class Store(Outbox):
             columns = ", ".join(f'"{k}" = ?' for k in ended)
             self.db.execute(f"UPDATE sessions SET status = 'ended', {columns} WHERE id = ?",
                             [*ended.values(), session_id])
-            envelope = self._append_event("session_ended", event_data, ts=ts, offline=offline)
-            for type_, data in then:
-                self._append_event(type_, data, ts=ts, offline=offline)
+            envelope = self._append_event(event)
+            for later in then:
+                self._append_event(later)
             return envelope
 
     def set_energy_offset(self, session_id: str, offset_wh: int) -> None:
         self.db.execute("UPDATE sessions SET energy_offset_wh = ? WHERE id = ?", [offset_wh, session_id])
 
     def set_unbilled_energy(self, session_id: str, *, offset_wh: int, unbilled_wh: int, reason: str | None,
-                            fault: dict[str, Any], ts: str, offline: bool) -> Envelope:
+                            fault: OutboundEvent) -> Envelope:
         """A jump not billed: the session's new offset, its un-billed total and the evse_fault that
         names it, in one transaction (billed + un-billed stays the register difference after a crash)."""
         with self.transaction():
             self.db.execute("UPDATE sessions SET energy_offset_wh = ?, unbilled_wh = ?, unbilled_reason = ? "
                             "WHERE id = ?", [offset_wh, unbilled_wh, reason, session_id])
-            return self._append_event("evse_fault", fault, ts=ts, offline=offline)
+            return self._append_event(fault)
 
     def last_sample(self, session_id: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT ts, energy_wh FROM samples WHERE session_id = ? ORDER BY rowid DESC "
