@@ -3,21 +3,35 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from drivers.api import Charger
+from drivers.api import Charger, ChargerReading
 from drivers.errors import DeviceError
 
-if TYPE_CHECKING:
-    from ._runner import LoadManagementLoop
-
 log = logging.getLogger("edge_agent.loadmanagement")
+
+
+class _Sessions(Protocol):
+    def has_session(self, evse_id: str) -> bool: ...
+
+
+class LoopInputs(Protocol):
+    """What an owned charger tells the control loop (LoadManagementLoop)."""
+
+    @property
+    def controller(self) -> _Sessions: ...
+    @property
+    def clock(self) -> Callable[[], float]: ...
+    def charger_stopped(self, evse_id: str) -> None: ...
+    def charger_unavailable(self, evse_id: str) -> None: ...
+    def charger_reading(self, evse_id: str, reading: ChargerReading) -> None: ...
 
 
 class OwnedCharger:
     """The one writer of a charger load management owns; a session is what the loop's controller holds."""
 
-    def __init__(self, evse_id: str, charger: Charger, loop: LoadManagementLoop) -> None:
+    def __init__(self, evse_id: str, charger: Charger, loop: LoopInputs) -> None:
         self.evse_id = evse_id
         self.charger = charger
         self._loop = loop
