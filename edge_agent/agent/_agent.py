@@ -84,6 +84,9 @@ class Agent:
         self.buses = BusRegistry()
         self._tasks: list[asyncio.Task[None]] = []  # the loops, for the agent's lifetime
         self._handlers: set[asyncio.Task[None]] = set()  # taps and commands being handled
+        # With a site connection to share, each charger's own fail-safe current is planned so
+        # that together they fit the fuse if the gateway dies.
+        self._plan = site_plan(config) if config.site is not None else None
         self.evses = self._create_evses()
         self.taps = TapRouter(evses=self.evses, authorizer=self.authorizer, journal=self.journal,
                               connect_timeout_s=config.authorization.connect_timeout_s, spawn=self._spawn)
@@ -115,12 +118,8 @@ class Agent:
 
     def _create_evses(self) -> dict[str, EvseController]:
         config = self.config
-        # With a site connection to share, each charger's own fail-safe current is planned so
-        # that together they fit the fuse if the gateway dies.
-        self._plan = site_plan(config) if config.site is not None else None
         timings = EvseTimings(poll_interval_s=config.sessions.poll_interval_s,
-                              connect_timeout_s=config.authorization.connect_timeout_s,
-                              meter_values_interval_s=config.sessions.meter_values_interval_s)
+                              connect_timeout_s=config.authorization.connect_timeout_s)
         evses = {}
         for charger_cfg in config.chargers:
             evse_id = charger_cfg.evse_id

@@ -16,7 +16,7 @@ from drivers.readers import ChargerReader
 from ..authorization import Decision
 from ..clock import parse_rfc3339, rfc3339, utc_now
 from ..cloud import events
-from ..loadmanagement import LoadManagementLoop
+from ..loadmanagement import LoadManagementLoop, put_share
 from ..sessions import (
     Action,
     AuthorizationTimedOut,
@@ -40,7 +40,6 @@ FAULT_AFTER_FAILED_POLLS = 3
 class EvseTimings:
     poll_interval_s: float
     connect_timeout_s: float
-    meter_values_interval_s: float
 
 
 class EvseController:
@@ -78,16 +77,10 @@ class EvseController:
     async def write_share(self, amps: float) -> bool:
         """Load management's share (see loadmanagement.ShareWriter)."""
         async with self._lock:
-            if not self._sharing:
-                if amps > 0:
-                    return False  # the session ended while this request waited
-                await self.charger.enable(False)
-                self._enabled = False
-            else:
-                await self.charger.set_max_current(amps)
-                if not self._enabled:
-                    await self.charger.enable(True)  # writes the setpoint just set (or the stop value)
-                    self._enabled = True
+            enabled = await put_share(self.charger, amps, holds_share=self._sharing, enabled=self._enabled)
+            if enabled is None:
+                return False  # the session ended while this request waited
+            self._enabled = enabled
             self.machine.offered_a = amps
             return True
 

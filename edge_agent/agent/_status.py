@@ -48,6 +48,7 @@ class StatusPublisher:
         self._state_force = False
         self._evse_published: dict[str, tuple[tuple[Any, ...], float]] = {}
         self._running_costs: dict[str, RunningCostMeter] = {}
+        self._charger_configs = {c.evse_id: c for c in config.chargers}
 
     def force_state(self) -> None:
         """~/state goes out at the next tick whatever changed (lists forgotten, a new connection)."""
@@ -144,7 +145,7 @@ class StatusPublisher:
                             for r in self.readers]}
 
     def _evse_view(self, evse: EvseController, now: float) -> dict[str, Any]:
-        cfg = next((c for c in self.config.chargers if c.evse_id == evse.evse_id), None)
+        cfg = self._charger_configs.get(evse.evse_id)
         m = evse.machine
         measurement = m.reading.measurement if m.reading else None
         session = None

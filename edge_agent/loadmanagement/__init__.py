@@ -12,6 +12,7 @@ Pure parts (no I/O):
 The I/O shell:
   _runner      LoadManagementLoop: reads the site meter, decides, and asks each EVSE's ShareWriter
                (in the agent: its EVSE controller) to offer its share; it never writes a charger itself
+  _share       ShareWriter (who writes a share) and put_share (how it is written)
   _standalone  OwnedCharger: load management on its own (the proof harness), polling and writing
                each charger itself
 
@@ -34,8 +35,9 @@ from ._allocator import (
 )
 from ._controller import Decision, LoadController, Reaction
 from ._headroom import SiteLimit
-from ._runner import LoadManagementLoop, ShareWriter, SitePlan, charger_ranges, site_plan
+from ._runner import LoadManagementLoop, SitePlan, charger_ranges, site_plan
 from ._settings import GridLimits, LoadSettings
+from ._share import ShareWriter, put_share
 from ._tree import (
     PHASE_NAMES,
     Circuit,
@@ -76,6 +78,7 @@ __all__ = [
     "charger_ranges",
     "failsafe_currents",
     "plan_changeover",
+    "put_share",
     "site_plan",
     "total_load",
     "violations",

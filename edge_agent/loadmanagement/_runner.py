@@ -30,6 +30,7 @@ from drivers.errors import DeviceError
 
 from ._allocator import Step, failsafe_currents
 from ._controller import Decision, GridLimits, LoadController, LoadSettings, Reaction, ReactionLog, SiteLimit
+from ._share import ShareWriter
 from ._standalone import OwnedCharger
 from ._tree import CurrentRange, LimitTree
 
@@ -43,15 +44,6 @@ SITE_LIMIT_META = "site_limit"  # the cloud's limit in force: {"max_current_a", 
 
 class SiteMeter(Protocol):
     async def measure(self) -> Measurement: ...
-
-
-class ShareWriter(Protocol):
-    """The one writer of an EVSE's offer (the agent's EVSE controller); load management asks it."""
-
-    async def write_share(self, amps: float) -> bool:
-        """Offers `amps` to the session holding a share (0 with none: the charger is disabled).
-        False: nothing written, the session ended while the request waited. Raises DeviceError."""
-        ...
 
 
 class MetaStore(Protocol):  # edge_agent.store.Store

@@ -9,6 +9,8 @@ from typing import Protocol
 from drivers.api import Charger, ChargerReading
 from drivers.errors import DeviceError
 
+from ._share import put_share
+
 log = logging.getLogger("edge_agent.loadmanagement")
 
 
@@ -40,17 +42,11 @@ class OwnedCharger:
 
     async def write_share(self, amps: float) -> bool:
         async with self._lock:
-            has_session = self._loop.controller.has_session(self.evse_id)
-            if amps > 0 and not has_session:
+            enabled = await put_share(self.charger, amps, enabled=self._enabled,
+                                      holds_share=self._loop.controller.has_session(self.evse_id))
+            if enabled is None:
                 return False
-            if not has_session:
-                await self.charger.enable(False)
-                self._enabled = False
-            else:
-                await self.charger.set_max_current(amps)
-                if not self._enabled:
-                    await self.charger.enable(True)  # writes the setpoint just set (or the stop value)
-                    self._enabled = True
+            self._enabled = enabled
             return True
 
     async def poll_forever(self, interval_s: float) -> None:
