@@ -30,6 +30,7 @@ BLOCKED_TOKEN = next(u["tokens"][0] for u in RESIDENTS if u.get("blocked"))
 class ChaosReport:
     kills: int = 0
     kill_delays_s: list[float] = field(default_factory=list)
+    kills_while_starting: int = 0
     taps: int = 0
     plugs: int = 0
     unplugs: int = 0
@@ -41,7 +42,7 @@ class ChaosReport:
     problems: list[str] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"{self.kills} kills, {self.sessions} sessions, {self.events} events "
+        return (f"{self.kills} kills ({self.kills_while_starting} while starting), {self.sessions} sessions, {self.events} events "
                 f"({self.duplicates} duplicates by id), {self.taps} taps, {self.plugs} plugs, "
                 f"{self.list_pushes} user lists, {self.integrity_checks} integrity checks, "
                 f"{len(self.problems)} problems")
@@ -98,6 +99,10 @@ def _users(version: int) -> list[dict[str, Any]]:
 
 def run_chaos(workdir: Path, *, kills: int, seed: int, max_alive_s: float = 1.2,
               log: Any = None) -> ChaosReport:
+    """A third of the kills fall at a random moment after the agent's start (mostly while it
+    imports, opens the store and reaches the chargers); the rest at a random moment within
+    max_alive_s of its READY=1, so that sessions start and end between kills however long the
+    machine takes to start the agent."""
     rng = random.Random(seed)
     report = ChaosReport()
     with SimulatedSite(workdir, speed=60, poll_interval_s=0.2, ack_timeout_s=3,
@@ -108,8 +113,14 @@ def run_chaos(workdir: Path, *, kills: int, seed: int, max_alive_s: float = 1.2,
         residents.start()
         try:
             for n in range(kills):
+                while_starting = rng.random() < 1 / 3
+                if not while_starting and not site.wait_agent_ready(30):
+                    report.problems.append(f"no READY=1 from the agent after kill {n}:\n"
+                                           + site.agent_log_tail())
+                    break
                 delay = rng.uniform(0.02, max_alive_s)
                 time.sleep(delay)
+                report.kills_while_starting += while_starting
                 site.kill_agent()
                 report.kills += 1
                 report.kill_delays_s.append(delay)

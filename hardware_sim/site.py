@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -91,6 +92,10 @@ class SimulatedSite:
         self.agent_log = self.workdir / "agent.log"
         self.clock_marker = self.workdir / "clock-synchronized"
         self._tcp_port: int | None = None
+        # The agent's sd_notify(3) messages, as systemd would get them (READY=1 once it is up).
+        self._notify_address = f"@edge-agent-sim-{os.getpid()}-{id(self):x}"
+        self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._notify.bind("\0" + self._notify_address[1:])
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -120,6 +125,7 @@ class SimulatedSite:
         for pair in [self.rtu_bus, *self.reader_ports.values()]:
             pair.close()
         self.broker.close()
+        self._notify.close()
 
     def __enter__(self) -> SimulatedSite:
         return self.start()
@@ -185,12 +191,34 @@ readers:
     # -- the agent process ------------------------------------------------------------------
 
     def start_agent(self) -> None:
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        self._drain_notifications()
+        env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=self._notify_address)
         log = open(self.agent_log, "ab")  # noqa: SIM115 - the child owns it
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(self.config_path)],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env)
         log.close()
+
+    def wait_agent_ready(self, timeout: float = 10.0) -> bool:
+        """True once the agent started last has told systemd READY=1."""
+        deadline = time.monotonic() + timeout
+        while (left := deadline - time.monotonic()) > 0:
+            self._notify.settimeout(left)
+            try:
+                message = self._notify.recv(4096)
+            except TimeoutError:
+                return False
+            if b"READY=1" in message.split(b"\n"):
+                return True
+        return False
+
+    def _drain_notifications(self) -> None:
+        self._notify.setblocking(False)
+        try:
+            while self._notify.recv(4096):
+                pass
+        except BlockingIOError:
+            pass
 
     def kill_agent(self) -> None:
         """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the gateway."""
