@@ -12,8 +12,12 @@ def failsafe_config_warnings(config: SiteConfig) -> list[str]:
     gateway outage lets a plugged car charge unbilled unless the installer set it to 0."""
     from drivers.modbus import MapError, load_map, unbilled_fallback_warning
 
+    from .config import ChargerConfig
+
     warnings = []
     for i, charger in enumerate(config.chargers):
+        if not isinstance(charger, ChargerConfig):
+            continue  # an OCPP charger has no register map
         try:
             failsafe = load_map(charger.model).failsafe
         except MapError:

@@ -6,14 +6,17 @@ from pathlib import Path
 from drivers.api import Charger
 from drivers.modbus import BusRegistry, ModbusMeter, create_charger, create_meter
 
-from ..config import ChargerConfig, MeterConfig
+from ..config import AnyChargerConfig, ChargerConfig, MeterConfig
 from ..loadmanagement import SitePlan
 
 
-def create_evse_charger(charger_cfg: ChargerConfig, *, registry: BusRegistry, plan: SitePlan | None,
+def create_evse_charger(charger_cfg: AnyChargerConfig, *, registry: BusRegistry, plan: SitePlan | None,
                         energy_dir: Path | None) -> Charger:
     """The driver of one `chargers:` entry (nothing opened yet). Raises MapError or ValueError for
-    options the model cannot take."""
+    options the model cannot take, and ValueError for an OCPP charger (not driven by the agent yet)."""
+    if not isinstance(charger_cfg, ChargerConfig):
+        raise ValueError(f"evse {charger_cfg.evse_id}: protocol {charger_cfg.protocol}: OCPP chargers are "
+                         f"not yet driven by the agent; only Modbus chargers are")
     meter = charger_cfg.meter
     return create_charger(
         model=charger_cfg.model, name=f"evse {charger_cfg.evse_id}", registry=registry,

@@ -14,7 +14,7 @@ from drivers.readers import Reader
 from .. import __version__
 from ..clock import ClockWatch, rfc3339, utc_now
 from ..cloud import MqttLink, OutboxSender, Topics
-from ..config import SiteConfig
+from ..config import ChargerConfig, SiteConfig
 from ..lists import UserListUpdater
 from ..loadmanagement import LoadManagementLoop
 from ..store import Store
@@ -164,7 +164,8 @@ class StatusPublisher:
                        "expires_in_s": round(max(0.0, m.pending.deadline - now), 1)}
         return {
             "evse_id": evse.evse_id, "model": cfg.model if cfg else None,
-            "endpoint": (f"{cfg.host}:{cfg.port}" if cfg.host else f"{cfg.serial} unit {cfg.unit}") if cfg else None,
+            "endpoint": (f"{cfg.host}:{cfg.port}" if cfg.host else f"{cfg.serial} unit {cfg.unit}")
+            if isinstance(cfg, ChargerConfig) else None,
             "status": m.status(), "iec61851": m.reading.iec61851 if m.reading else None,
             "available": m.available, "fault": m.fault, "failed_polls": evse.failed_polls,
             "offered_a": float(m.offered_a),

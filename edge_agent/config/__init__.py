@@ -10,7 +10,9 @@ checks that involve several fields live in the `_check_*` functions beside the d
   _errors    ConfigError, ConfigIssue
   _reader    the strict reading of YAML nodes with their lines, field specs and value checks
   _model     SiteConfig and the general sections (cloud, tls, authorization, sessions, clock)
-  _chargers  chargers, their Modbus endpoints and meters, RFID readers
+  _chargers  chargers (ChargerBase; ChargerConfig: Modbus), their Modbus endpoints and meters,
+             RFID readers
+  _ocpp      the `ocpp:` central system and `protocol: ocpp` chargers (OcppChargerConfig)
   _site      load management: the `site:` grid connection and `circuits:`
   _load      load_config, parse_config_text and the checks across sections
 """
@@ -20,6 +22,9 @@ from ._chargers import (
     BAUDRATES,
     CHARGER_MODELS,
     METER_MODELS,
+    OCPP_MODELS,
+    PROTOCOLS,
+    ChargerBase,
     ChargerConfig,
     MeterConfig,
     ModbusEndpoint,
@@ -28,6 +33,7 @@ from ._chargers import (
 from ._errors import ConfigError, ConfigIssue
 from ._load import load_config, parse_config_text
 from ._model import AuthorizationConfig, ClockConfig, CloudConfig, SessionsConfig, SiteConfig, TlsConfig
+from ._ocpp import AnyChargerConfig, OcppChargerConfig, OcppConfig, OcppTlsConfig
 from ._reader import MAX_TOPIC_LEVEL_CHARS
 from ._site import CircuitConfig, GridConnectionConfig
 
@@ -36,7 +42,11 @@ __all__ = [
     "CHARGER_MODELS",
     "MAX_TOPIC_LEVEL_CHARS",
     "METER_MODELS",
+    "OCPP_MODELS",
+    "PROTOCOLS",
+    "AnyChargerConfig",
     "AuthorizationConfig",
+    "ChargerBase",
     "ChargerConfig",
     "CircuitConfig",
     "ClockConfig",
@@ -46,6 +56,9 @@ __all__ = [
     "GridConnectionConfig",
     "MeterConfig",
     "ModbusEndpoint",
+    "OcppChargerConfig",
+    "OcppConfig",
+    "OcppTlsConfig",
     "ReaderConfig",
     "SessionsConfig",
     "SiteConfig",

@@ -1,12 +1,18 @@
 """The `chargers:` section and what hangs off it: Modbus endpoints, billing meters, RFID readers.
 
+A charger entry is a `ChargerConfig` (Modbus, the default) or, with `protocol: ocpp`, an
+`OcppChargerConfig` (in `_ocpp`); both are a `ChargerBase`, which holds what load management and
+the sessions need whatever the protocol.
+
 Each section's dataclass carries its settings; the `_check_*` functions below are its cross-field
 checks, registered by class in `_load`. Checks across sections (evse_id references, shared buses)
 are in `_load` too.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import ClassVar, Literal
 
 from yaml.nodes import MappingNode
 
@@ -45,7 +51,23 @@ METER_MODELS = (
     "abb-b23",
 )
 
+# The OCPP quirk maps of drivers/ocpp/quirks; used when drivers.ocpp cannot tell us its maps.
+OCPP_MODELS = (
+    "ctek-chargestorm",
+    "easee-charge",
+    "easee-home",
+    "generic-ocpp16",
+    "wallbox-pulsar",
+    "zaptec-go",
+    "zaptec-pro",
+)
+
 BAUDRATES = (1200, 2400, 4800, 9600, 19200, 38400, 57600, 115200)
+
+
+def ocpp_model_names(ctx: _Context) -> frozenset[str]:
+    """The OCPP charger models: `known_ocpp_models`, else drivers.ocpp.available_quirk_models()."""
+    return ctx.model_names(ctx.known_ocpp_models, "available_quirk_models", OCPP_MODELS, module="drivers.ocpp")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -75,28 +97,23 @@ class MeterConfig(ModbusEndpoint):
     model: str = _setting("str", "a meter register map, e.g. eastron-sdm630")
 
 
+PROTOCOLS = ("modbus", "ocpp")
+
+
 @dataclass(frozen=True, kw_only=True)
-class ChargerConfig(ModbusEndpoint):
+class ChargerBase:
+    """What every charger entry has, whatever its protocol: its EVSE id and its place in load
+    management. `protocol`, `model` and `connector` are on both kinds too, each with its own
+    meaning and range."""
+
     evse_id: str = _setting("str", "the EVSE's id in topics and events", check=_topic_level_problem)
-    model: str = _setting("str", "a charger register map shipped in drivers/modbus/maps")
-    connector: int | None = _setting(
-        "int", "charge point behind the unit (phoenix-charx, etrel-inch duo)", default=None,
-        min=1, max=255,
-    )
     max_current_a: float | None = _setting(
         "number", "what a session is offered; default: the charger's maximum", default=None,
         min=6, max=80,
     )
-    timeout_s: float = _setting("number", "Modbus response timeout", default=1.0, min=0.05, max=30)
-    retries: int = _setting("int", "Modbus retries per request", default=1, min=0, max=10)
     failsafe_current_a: float | None = _setting(
         "number", "current the charger falls back to if the gateway dies; default: load management's",
         default=None, min=0, max=80, check=_failsafe_current_problem,
-    )
-    failsafe_timeout_s: float | None = _setting(
-        "number", "seconds without the gateway before the charger falls back: the setpoint validity set in "
-        "ACE (alfen-ng9xx), else the timeout written to the charger; default: what the charger reports, "
-        "else the model's", default=None, min=2, max=3600,
     )
     circuit: str | None = _setting(
         "str", "id of a circuits entry; default: on the site connection", default=None
@@ -106,6 +123,34 @@ class ChargerConfig(ModbusEndpoint):
         "str", "which site phase the charger's L1 is on", default="L1", choices=("L1", "L2", "L3")
     )
     priority: int = _setting("int", "higher is served first", default=0, min=-9, max=9)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ChargerConfig(ChargerBase, ModbusEndpoint):
+    """A Modbus charger (`protocol: modbus`, the default): the gateway polls it."""
+
+    # Keys of an OCPP charger, refused here with the reason rather than as unknown.
+    _FOREIGN_KEYS: ClassVar[Mapping[str, str]] = {
+        key: "is an OCPP setting; add protocol: ocpp for a charger that connects to the gateway by OCPP"
+        for key in ("charge_point_id", "password_file")
+    }
+
+    protocol: Literal["modbus"] = _setting(
+        "str", "modbus (the gateway polls the charger) or ocpp (the charger connects to the gateway)",
+        default="modbus", choices=PROTOCOLS,
+    )
+    model: str = _setting("str", "a charger register map shipped in drivers/modbus/maps")
+    connector: int | None = _setting(
+        "int", "charge point behind the unit (phoenix-charx, etrel-inch duo)", default=None,
+        min=1, max=255,
+    )
+    timeout_s: float = _setting("number", "Modbus response timeout", default=1.0, min=0.05, max=30)
+    retries: int = _setting("int", "Modbus retries per request", default=1, min=0, max=10)
+    failsafe_timeout_s: float | None = _setting(
+        "number", "seconds without the gateway before the charger falls back: the setpoint validity set in "
+        "ACE (alfen-ng9xx), else the timeout written to the charger; default: what the charger reports, "
+        "else the model's", default=None, min=2, max=3600,
+    )
     meter: MeterConfig | None = _setting(
         "section", "billing meter; its lifetime register is the session's energy", default=None,
         item=MeterConfig,
@@ -157,12 +202,26 @@ def _check_endpoint(ctx: _Context, values: _Values, entries: _Entries, node: Map
 
 
 def _check_model(ctx: _Context, values: _Values, entries: _Entries, path: str,
-                 known: frozenset[str], what: str) -> None:
+                 known: frozenset[str], what: str, *, other: tuple[frozenset[str], str] | None = None,
+                 list_known: bool = False) -> None:
+    """`model` is one of `known`. `other` is the other protocol's models and what to say of one
+    of them; `list_known` lists the known models even when one is close."""
     model = values["model"]
     if _ok(model) and model is not None and model not in known:
-        hint = _hint(model, known) or f" (known: {', '.join(sorted(known)) or 'none'})"
-        ctx.issue(_join(path, "model"), _line(entries["model"][1]),
-                  f"unknown {what} model '{model}'{hint}")
+        listed = f" (known: {', '.join(sorted(known)) or 'none'})"
+        if other is not None and model in other[0]:
+            hint = f": {other[1]}{listed if list_known else ''}"
+        else:
+            hint = _hint(model, known)
+            hint = hint + listed if list_known else hint or listed
+        ctx.issue(_join(path, "model"), _line(entries["model"][1]), f"unknown {what} model '{model}'{hint}")
+
+
+def _check_charger_common(ctx: _Context, values: _Values, entries: _Entries, path: str) -> None:
+    failsafe, maximum = values["failsafe_current_a"], values["max_current_a"]
+    if _ok(failsafe, maximum) and failsafe is not None and maximum is not None and failsafe > maximum:
+        ctx.issue(_join(path, "failsafe_current_a"), _line(entries["failsafe_current_a"][1]),
+                  f"must not exceed max_current_a ({_number(maximum)}), got {_number(failsafe)}")
 
 
 def _check_meter(ctx: _Context, values: _Values, entries: _Entries, node: MappingNode, path: str) -> None:
@@ -174,11 +233,12 @@ def _check_meter(ctx: _Context, values: _Values, entries: _Entries, node: Mappin
 def _check_charger(ctx: _Context, values: _Values, entries: _Entries, node: MappingNode, path: str) -> None:
     _check_endpoint(ctx, values, entries, node, path)
     known = ctx.model_names(ctx.known_models, "available_models", CHARGER_MODELS)
-    _check_model(ctx, values, entries, path, known, "charger")
-    failsafe, maximum = values["failsafe_current_a"], values["max_current_a"]
-    if _ok(failsafe, maximum) and failsafe is not None and maximum is not None and failsafe > maximum:
-        ctx.issue(_join(path, "failsafe_current_a"), _line(entries["failsafe_current_a"][1]),
-                  f"must not exceed max_current_a ({_number(maximum)}), got {_number(failsafe)}")
+    model = values["model"]
+    if _ok(model) and model is not None and model not in known:
+        # The OCPP models are looked up only here: drivers.ocpp is not small.
+        _check_model(ctx, values, entries, path, known, "charger", other=(
+            ocpp_model_names(ctx), "that is an OCPP charger; add protocol: ocpp and its charge_point_id"))
+    _check_charger_common(ctx, values, entries, path)
 
 
 def _check_reader(ctx: _Context, values: _Values, entries: _Entries, node: MappingNode, path: str) -> None:

@@ -1,5 +1,6 @@
 """The API (`load_config`, `parse_config_text`) and the checks that span sections: evse_id and
-circuit references, one device per bus address, readers off the Modbus buses, phases vs the site.
+circuit references, one device per bus address, readers off the Modbus buses, phases vs the site,
+OCPP chargers vs the `ocpp:` section.
 """
 from __future__ import annotations
 
@@ -9,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from yaml.nodes import MappingNode
+from yaml.nodes import MappingNode, ScalarNode
 
 from ._chargers import (
+    ChargerBase,
     ChargerConfig,
     MeterConfig,
     ModbusEndpoint,
@@ -22,12 +24,21 @@ from ._chargers import (
 )
 from ._errors import ConfigError, ConfigIssue
 from ._model import CloudConfig, SiteConfig, TlsConfig, _check_cloud, _check_tls
-from ._reader import _Context, _describe, _Entries, _hint, _line, _ok, _SectionCheck, _Values
+from ._ocpp import (
+    AnyChargerConfig,
+    OcppChargerConfig,
+    OcppConfig,
+    OcppTlsConfig,
+    _check_ocpp_charger,
+    _check_ocpp_tls,
+)
+from ._reader import _NULL, _Context, _describe, _Entries, _hint, _line, _ok, _SectionCheck, _Values
 from ._site import CircuitConfig, GridConnectionConfig, _check_grid_connection
 
 
 def load_config(path: str | Path, *, known_models: Iterable[str] | None = None,
-                known_meter_models: Iterable[str] | None = None) -> SiteConfig:
+                known_meter_models: Iterable[str] | None = None,
+                known_ocpp_models: Iterable[str] | None = None) -> SiteConfig:
     """Read and validate one site config file. Raises ConfigError (also for an unreadable file)."""
     path = Path(path)
     try:
@@ -35,24 +46,28 @@ def load_config(path: str | Path, *, known_models: Iterable[str] | None = None,
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError([ConfigIssue("", None, f"cannot read {path}: {exc}")], source=str(path)) from exc
     return _parse(text, source=str(path), path=path, known_models=known_models,
-                  known_meter_models=known_meter_models)
+                  known_meter_models=known_meter_models, known_ocpp_models=known_ocpp_models)
 
 
 def parse_config_text(text: str, *, source: str = "<string>",
                       known_models: Iterable[str] | None = None,
-                      known_meter_models: Iterable[str] | None = None) -> SiteConfig:
+                      known_meter_models: Iterable[str] | None = None,
+                      known_ocpp_models: Iterable[str] | None = None) -> SiteConfig:
     """Validate config text. `known_models` (charger register maps) defaults to what
     drivers.modbus.available_models() offers, or to CHARGER_MODELS if that cannot be imported;
-    `known_meter_models` likewise with available_meter_models() and METER_MODELS."""
+    `known_meter_models` likewise with available_meter_models() and METER_MODELS, and
+    `known_ocpp_models` (OCPP quirk maps) with drivers.ocpp.available_quirk_models() and
+    OCPP_MODELS. Files the config names for OCPP (TLS, passwords) are checked and read."""
     return _parse(text, source=source, path=None, known_models=known_models,
-                  known_meter_models=known_meter_models)
+                  known_meter_models=known_meter_models, known_ocpp_models=known_ocpp_models)
 
 
 def _parse(text: str, *, source: str, path: Path | None,
            known_models: Iterable[str] | None,
-           known_meter_models: Iterable[str] | None) -> SiteConfig:
+           known_meter_models: Iterable[str] | None,
+           known_ocpp_models: Iterable[str] | None) -> SiteConfig:
     ctx = _Context(section_checks=_SECTION_CHECKS, known_models=known_models,
-                   known_meter_models=known_meter_models)
+                   known_meter_models=known_meter_models, known_ocpp_models=known_ocpp_models)
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
@@ -84,7 +99,7 @@ def _check_site_config(ctx: _Context, values: _Values, entries: _Entries,
     circuits = values["circuits"] if _ok(values["circuits"]) else ()
     site = values["site"] if _ok(values["site"]) else None
 
-    evse_ids: dict[str, ChargerConfig] = {}
+    evse_ids: dict[str, ChargerBase] = {}
     for charger in chargers:
         if charger.evse_id is None:
             continue
@@ -103,6 +118,8 @@ def _check_site_config(ctx: _Context, values: _Values, entries: _Entries,
         if charger.evse_id is None and ctx.has(charger, "evse_id"):
             named_ids.add(str(ctx.origins[id(charger)][2]["evse_id"][1].value))
     _check_readers(ctx, readers, named_ids, tuple(_endpoints(chargers, site)))
+    _check_readers_of_ocpp(ctx, readers, chargers)
+    _check_ocpp(ctx, values, entries, chargers)
     _check_circuits(ctx, circuits, chargers, site, entries)
     if site is not None and site.phases == 1:
         for charger in chargers:
@@ -141,8 +158,57 @@ def _check_readers(ctx: _Context, readers: tuple[ReaderConfig, ...],
                           f"(line {ctx.where(device, 'serial')[1]})")
 
 
+def _check_ocpp(ctx: _Context, values: _Values, entries: _Entries,
+                chargers: tuple[AnyChargerConfig, ...]) -> None:
+    """OCPP chargers need the ocpp: section (an empty `ocpp:` is its defaults) and each its own
+    charge_point_id."""
+    if values["ocpp"] is None and "ocpp" in entries:
+        value = entries["ocpp"][1]
+        if isinstance(value, ScalarNode) and value.tag == _NULL:
+            empty = MappingNode("tag:yaml.org,2002:map", [], value.start_mark, value.end_mark)
+            values["ocpp"] = ctx.read_section(OcppConfig, empty, "ocpp")
+    ocpp_chargers = [c for c in chargers if isinstance(c, OcppChargerConfig)]
+    if values["ocpp"] is None:  # absent (when it has errors, they are reported already)
+        for charger in ocpp_chargers:
+            ctx.issue(*ctx.where(charger, "protocol"),
+                      "protocol ocpp needs the ocpp: section (the gateway's central system the "
+                      "charger connects to; ocpp: {} for its defaults)")
+    # One charge point may serve several EVSEs (a two-socket CTEK), one per connector, over one
+    # websocket: so one model and one password for all of them.
+    connectors: dict[tuple[str, int], OcppChargerConfig] = {}
+    stations: dict[str, OcppChargerConfig] = {}
+    for charger in ocpp_chargers:
+        if charger.charge_point_id is None:
+            continue
+        first = connectors.setdefault((charger.charge_point_id, charger.connector), charger)
+        if first is not charger:
+            ctx.issue(*ctx.where(charger, "charge_point_id"),
+                      f"duplicate charge_point_id '{charger.charge_point_id}' with connector "
+                      f"{charger.connector} (first at {ctx.path_of(first)}, line "
+                      f"{ctx.where(first, 'charge_point_id')[1]}); another connector of the same "
+                      "charge point needs its own connector number")
+            continue
+        station = stations.setdefault(charger.charge_point_id, charger)
+        for key in ("model", "password_file"):
+            if getattr(station, key) != getattr(charger, key):
+                ctx.issue(*ctx.where(charger, key if ctx.has(charger, key) else "charge_point_id"),
+                          f"{key} differs from {ctx.path_of(station)} (line {ctx.where(station, key)[1]}), "
+                          f"the same charge point '{charger.charge_point_id}'")
+
+
+def _check_readers_of_ocpp(ctx: _Context, readers: tuple[ReaderConfig, ...],
+                           chargers: tuple[AnyChargerConfig, ...]) -> None:
+    ocpp_ids = {c.evse_id for c in chargers if isinstance(c, OcppChargerConfig) and c.evse_id is not None}
+    for reader in readers:
+        if reader.driver == "charger" and reader.evse_id in ocpp_ids:
+            ctx.issue(*ctx.where(reader, "driver"),
+                      f"driver charger reads a Modbus charger's reader through its register map; "
+                      f"EVSE {reader.evse_id} is an OCPP charger, whose own reader needs no entry "
+                      f"(it sends Authorize itself)")
+
+
 def _check_circuits(ctx: _Context, circuits: tuple[CircuitConfig, ...],
-                    chargers: tuple[ChargerConfig, ...], site: GridConnectionConfig | None,
+                    chargers: tuple[AnyChargerConfig, ...], site: GridConnectionConfig | None,
                     entries: _Entries) -> None:
     if circuits and site is None and "site" not in entries:
         ctx.issue("circuits", _line(entries["circuits"][1]),
@@ -162,9 +228,11 @@ def _check_circuits(ctx: _Context, circuits: tuple[CircuitConfig, ...],
             ctx.issue(*ctx.where(charger, "circuit"), f"unknown circuit '{charger.circuit}'{hint}")
 
 
-def _endpoints(chargers: tuple[ChargerConfig, ...],
+def _endpoints(chargers: tuple[AnyChargerConfig, ...],
                site: GridConnectionConfig | None) -> Iterator[ModbusEndpoint]:
     for charger in chargers:
+        if not isinstance(charger, ChargerConfig):
+            continue  # an OCPP charger is on no Modbus bus
         yield charger
         if charger.meter is not None:
             yield charger.meter
@@ -172,7 +240,7 @@ def _endpoints(chargers: tuple[ChargerConfig, ...],
         yield site.meter
 
 
-def _check_buses(ctx: _Context, chargers: tuple[ChargerConfig, ...],
+def _check_buses(ctx: _Context, chargers: tuple[AnyChargerConfig, ...],
                  site: GridConnectionConfig | None) -> None:
     """No two devices at one address; devices on one serial bus agree on its settings."""
     addresses: dict[tuple[Any, ...], ModbusEndpoint] = {}
@@ -213,6 +281,8 @@ _SECTION_CHECKS: Mapping[type, _SectionCheck] = {
     CloudConfig: _check_cloud,
     MeterConfig: _check_meter,
     ChargerConfig: _check_charger,
+    OcppTlsConfig: _check_ocpp_tls,
+    OcppChargerConfig: _check_ocpp_charger,
     ReaderConfig: _check_reader,
     GridConnectionConfig: _check_grid_connection,
     SiteConfig: _check_site_config,

@@ -1,5 +1,6 @@
 """The whole site config (`SiteConfig`) and its general sections: cloud link, authorization,
-sessions, clock. The device sections are in `_chargers`, load management's in `_site`.
+sessions, clock. The device sections are in `_chargers`, OCPP's in `_ocpp`, load management's in
+`_site`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from zoneinfo import ZoneInfo
 from yaml.nodes import MappingNode
 
 from ._chargers import ChargerConfig, ReaderConfig
+from ._ocpp import AnyChargerConfig, OcppConfig, _charger_class
 from ._reader import (
     _INVALID,
     _Context,
@@ -135,8 +137,14 @@ class SiteConfig:
     clock: ClockConfig = _setting(
         "section", "wall-clock trust (a Pi has no battery clock)", default=ClockConfig(), item=ClockConfig
     )
-    chargers: tuple[ChargerConfig, ...] = _setting(
-        "list", "the charge points", item=ChargerConfig, min_items=1
+    ocpp: OcppConfig | None = _setting(
+        "section", "the local OCPP 1.6J central system; absent: none (no protocol: ocpp chargers), "
+        "empty: its defaults",
+        default=None, item=OcppConfig,
+    )
+    chargers: tuple[AnyChargerConfig, ...] = _setting(
+        "list", "the charge points: Modbus ones (ChargerConfig) and OCPP ones (OcppChargerConfig)",
+        item=ChargerConfig, min_items=1, pick=_charger_class,
     )
     readers: tuple[ReaderConfig, ...] = _setting(
         "list", "RFID readers", default=(), item=ReaderConfig

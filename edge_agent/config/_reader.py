@@ -30,6 +30,7 @@ MAX_TOPIC_LEVEL_CHARS = 64
 # --------------------------------------------------------------------------- field specs
 
 _REQUIRED: Any = dataclasses.MISSING
+_Entries = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -42,6 +43,9 @@ class _Spec:
     item: type | None = None  # the dataclass of a "section" or of each "list" entry
     min_items: int = 0
     check: Callable[[Any], str | None] | None = None  # returns a problem, or None
+    # For a "list" whose entries come in kinds: the dataclass of one entry, from its keys
+    # (`protocol: ocpp` chargers); `item` is then the kind an entry that says nothing is.
+    pick: Callable[[_Entries], type] | None = None
 
     def item_class(self) -> type:
         """The dataclass of a "section" or "list" setting, which `_setting(..., item=...)` names."""
@@ -61,10 +65,11 @@ def _setting(
     item: type | None = None,
     min_items: int = 0,
     check: Callable[[Any], str | None] | None = None,
+    pick: Callable[[_Entries], type] | None = None,
 ) -> Any:
     spec = _Spec(
         kind=kind, doc=doc, min=min, max=max, choices=choices, item=item,
-        min_items=min_items, check=check,
+        min_items=min_items, check=check, pick=pick,
     )
     return field(default=default, metadata={"spec": spec})
 
@@ -114,8 +119,6 @@ _NULL = "tag:yaml.org,2002:null"
 _MERGE = "tag:yaml.org,2002:merge"
 _INVALID: Any = object()  # stands in for a value that had an error; never leaves this package
 
-_Entries = dict[str, tuple[Node, Node]]  # key -> (key node, value node)
-
 
 def _line(node: Node) -> int:
     return node.start_mark.line + 1
@@ -157,6 +160,7 @@ class _Context:
     section_checks: Mapping[type, _SectionCheck]  # cross-field check of a section's dataclass
     known_models: Iterable[str] | None
     known_meter_models: Iterable[str] | None
+    known_ocpp_models: Iterable[str] | None = None
     issues: list[ConfigIssue] = field(default_factory=list)
     # Where each constructed object came from: id(obj) -> (path, its mapping node, entries).
     origins: dict[int, tuple[str, MappingNode, _Entries]] = field(default_factory=dict)
@@ -187,11 +191,13 @@ class _Context:
 
     # -- models
 
-    def model_names(self, given: Iterable[str] | None, function: str, fallback: tuple[str, ...]) -> frozenset[str]:
-        """`given`, else what drivers.modbus.`function`() lists, else `fallback`; looked up once."""
-        if function not in self._models_by_lister:
-            self._models_by_lister[function] = _model_names(given, function, fallback)
-        return self._models_by_lister[function]
+    def model_names(self, given: Iterable[str] | None, function: str, fallback: tuple[str, ...],
+                    module: str = "drivers.modbus") -> frozenset[str]:
+        """`given`, else what `module`.`function`() lists, else `fallback`; looked up once."""
+        lister = f"{module}.{function}"
+        if lister not in self._models_by_lister:
+            self._models_by_lister[lister] = _model_names(given, module, function, fallback)
+        return self._models_by_lister[lister]
 
     # -- reading
 
@@ -224,18 +230,28 @@ class _Context:
             found.setdefault(key, pair)
         return found
 
-    def read_section(self, cls: type, node: Node, path: str) -> Any:
-        """An instance of dataclass `cls` from a mapping node, or None if it is not a mapping.
+    def read_section(self, cls: type, node: Node, path: str,
+                     pick: Callable[[_Entries], type] | None = None) -> Any:
+        """An instance of dataclass `cls` (or of the one `pick` chooses by the keys) from a
+        mapping node, or None if it is not a mapping.
 
         Fields with errors are None in the instance; the caller only returns it if no issue was
-        found, so such partial objects only serve the cross checks."""
+        found, so such partial objects only serve the cross checks. A key of the class's
+        `_FOREIGN_KEYS` (key -> why) is refused with that reason rather than as unknown."""
         if not isinstance(node, MappingNode):
             self.issue(path, _line(node), f"must be a mapping of keys, got {_describe(node)}")
             return None
         entries = self.entries(node, path)
+        if pick is not None:
+            cls = pick(entries)
         specs = {f.name: f for f in dataclasses.fields(cls) if "spec" in f.metadata}
+        foreign: Mapping[str, str] = getattr(cls, "_FOREIGN_KEYS", {})
         for key, (key_node, _) in entries.items():
-            if key not in specs:
+            if key in specs:
+                continue
+            if key in foreign:
+                self.issue(_join(path, key), _line(key_node), foreign[key])
+            else:
                 hint = _hint(key, specs) or f" (expected one of: {', '.join(specs)})"
                 self.issue(_join(path, key), _line(key_node), f"unknown key '{key}'{hint}")
         values: dict[str, Any] = {}
@@ -286,7 +302,8 @@ class _Context:
         if len(node.value) < spec.min_items:
             self.issue(path, _line(node), f"must have at least {spec.min_items} entry, got none")
             return _INVALID
-        items = (self.read_section(spec.item_class(), item, f"{path}[{i}]") for i, item in enumerate(node.value))
+        items = (self.read_section(spec.item_class(), item, f"{path}[{i}]", spec.pick)
+                 for i, item in enumerate(node.value))
         return tuple(item for item in items if item is not None)
 
     def read_scalar(self, spec: _Spec, node: Node, path: str) -> Any:
@@ -341,12 +358,13 @@ class _Context:
                 "number": "must be a number"}[spec.kind]
 
 
-def _model_names(given: Iterable[str] | None, function: str, fallback: tuple[str, ...]) -> frozenset[str]:
+def _model_names(given: Iterable[str] | None, module: str, function: str,
+                 fallback: tuple[str, ...]) -> frozenset[str]:
     if given is not None:
         return frozenset(given)
     try:
         # Imported here, not at module level: config must load without the driver package.
-        lister = getattr(importlib.import_module("drivers.modbus"), function)
+        lister = getattr(importlib.import_module(module), function)
     except (ImportError, AttributeError):
         return frozenset(fallback)
     return frozenset(lister())

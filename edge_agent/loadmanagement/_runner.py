@@ -59,11 +59,18 @@ class SitePlan:
 
 
 def charger_ranges(config: SiteConfig) -> dict[str, CurrentRange]:
-    """Each charger's offerable currents from its model's register map and its max_current_a."""
+    """Each charger's offerable currents from its model's register map and its max_current_a; an
+    OCPP charger's are whole amps from 6 A (what a charging profile gives it) up to its
+    max_current_a, else 32 A (Type 2's most; OCPP 1.6 has no key that tells it)."""
     from drivers.modbus import load_map
+    from edge_agent.config import OcppChargerConfig
 
     out = {}
     for charger in config.chargers:
+        if isinstance(charger, OcppChargerConfig):
+            top = 32.0 if charger.max_current_a is None else float(charger.max_current_a)
+            out[charger.evse_id] = CurrentRange(min_a=6.0, max_a=top, step_a=1.0)
+            continue
         regmap = load_map(charger.model)
         control = regmap.control
         if control is None:
