@@ -44,7 +44,10 @@ TICK_STALL_S = 30.0
 
 
 def sd_notify(message: str, *, environ: Mapping[str, str] | None = None) -> bool:
-    """One sd_notify(3) datagram; False when there is no NOTIFY_SOCKET or it cannot be sent."""
+    """One sd_notify(3) datagram; False when there is no NOTIFY_SOCKET or it cannot be sent.
+
+    Never blocks: it is sent from the event loop, and a receiver that does not read (its buffer
+    full) must not stop charging; a message that cannot go at once is dropped."""
     address = (environ if environ is not None else os.environ).get("NOTIFY_SOCKET")
     if not address:
         return False
@@ -52,6 +55,7 @@ def sd_notify(message: str, *, environ: Mapping[str, str] | None = None) -> bool
         address = "\0" + address[1:]
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            sock.setblocking(False)
             sock.sendto(message.encode(), address)
     except OSError:
         return False

@@ -11,6 +11,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -92,10 +93,14 @@ class SimulatedSite:
         self.agent_log = self.workdir / "agent.log"
         self.clock_marker = self.workdir / "clock-synchronized"
         self._tcp_port: int | None = None
-        # The agent's sd_notify(3) messages, as systemd would get them (READY=1 once it is up).
+        # The agent's sd_notify(3) messages, read as systemd reads them (READY=1 once it is up).
         self._notify_address = f"@edge-agent-sim-{os.getpid()}-{id(self):x}"
         self._notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         self._notify.bind("\0" + self._notify_address[1:])
+        self._notify.settimeout(0.2)
+        self._ready = threading.Event()  # READY=1 from the agent started last
+        self._notify_reader = threading.Thread(target=self._read_notifications, daemon=True, name="sd-notify")
+        self._notify_reader.start()
 
     # -- lifetime ---------------------------------------------------------------------------
 
@@ -125,6 +130,8 @@ class SimulatedSite:
         for pair in [self.rtu_bus, *self.reader_ports.values()]:
             pair.close()
         self.broker.close()
+        self._notify_reader_stop = True
+        self._notify_reader.join()
         self._notify.close()
 
     def __enter__(self) -> SimulatedSite:
@@ -191,8 +198,10 @@ readers:
     # -- the agent process ------------------------------------------------------------------
 
     def start_agent(self) -> None:
-        self._drain_notifications()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", NOTIFY_SOCKET=self._notify_address)
+        self._ready.clear()  # the agent before (killed) cannot send any more
+        # A test that listens as systemd itself (its own NOTIFY_SOCKET) keeps its socket.
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        env.setdefault("NOTIFY_SOCKET", self._notify_address)
         log = open(self.agent_log, "ab")  # noqa: SIM115 - the child owns it
         self.agent = subprocess.Popen(
             [sys.executable, "-m", "edge_agent", "run", "--config", str(self.config_path)],
@@ -200,25 +209,24 @@ readers:
         log.close()
 
     def wait_agent_ready(self, timeout: float = 10.0) -> bool:
-        """True once the agent started last has told systemd READY=1."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self._notify.settimeout(left)
+        """True once the agent started last has told systemd READY=1 (on the site's own socket,
+        not one a test put in NOTIFY_SOCKET)."""
+        if os.environ.get("NOTIFY_SOCKET", self._notify_address) != self._notify_address:
+            raise RuntimeError("NOTIFY_SOCKET is the test's own: wait for READY=1 there")
+        return self._ready.wait(timeout)
+
+    _notify_reader_stop = False
+
+    def _read_notifications(self) -> None:
+        while not self._notify_reader_stop:
             try:
                 message = self._notify.recv(4096)
             except TimeoutError:
-                return False
+                continue
+            except OSError:
+                return
             if b"READY=1" in message.split(b"\n"):
-                return True
-        return False
-
-    def _drain_notifications(self) -> None:
-        self._notify.setblocking(False)
-        try:
-            while self._notify.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
+                self._ready.set()
 
     def kill_agent(self) -> None:
         """SIGKILL: no clean-up of any kind, as in a crash or a power cut of the gateway."""

@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from edge_agent.watchdog import BLOCK_LOOP_ENV, Watchdog, _polls_progress, watchdog_interval_s
+from edge_agent.watchdog import BLOCK_LOOP_ENV, Watchdog, _polls_progress, sd_notify, watchdog_interval_s
 from hardware_sim.site import SimulatedSite
 
 
@@ -208,3 +208,18 @@ def test_the_tasks_check_notices_a_dead_task():
 
     first, second = asyncio.run(scenario())
     assert first is None and second == "task(s) ended: poll-1"
+
+
+def test_a_notify_socket_nobody_reads_never_blocks_the_sender(tmp_path):
+    # A full receive buffer (systemd busy, or a listener that stopped reading) once hung the
+    # agent's event loop inside sendto(); the message is dropped instead.
+    path = str(tmp_path / "notify")
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as unread:
+        unread.bind(path)
+        sent: list[bool] = []
+        sender = threading.Thread(target=lambda: sent.extend(
+            sd_notify(f"STATUS=message {n}", environ={"NOTIFY_SOCKET": path}) for n in range(5000)), daemon=True)
+        sender.start()
+        sender.join(10)
+        assert not sender.is_alive(), f"sd_notify blocked after {len(sent)} messages"
+        assert sent[0] is True and sent[-1] is False, (sent.count(True), sent.count(False))

@@ -15,9 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import signal
-import socket
 import time
 from collections.abc import Coroutine
 from types import TracebackType
@@ -198,7 +196,7 @@ class Agent:
         if self.load is not None:
             self._tasks.append(asyncio.create_task(self.load.run(), name="load-management"))
         self._tasks.append(asyncio.create_task(watchdog.watch(self), name="watchdog"))  # fed while healthy
-        _notify_systemd("READY=1")
+        watchdog.sd_notify("READY=1")
         return self
 
     async def wait(self, stop: asyncio.Event) -> None:
@@ -289,13 +287,3 @@ class Agent:
 
     def _on_message(self, message: Any) -> None:
         self.inbound.on_message(message)
-
-
-def _notify_systemd(message: str) -> None:
-    address = os.environ.get("NOTIFY_SOCKET")
-    if not address:
-        return
-    if address.startswith("@"):
-        address = "\0" + address[1:]
-    with contextlib.suppress(OSError), socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.sendto(message.encode(), address)
