@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import time
+from abc import ABC, abstractmethod
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass
@@ -74,7 +75,7 @@ class Queued:
     attempts: int = 0
 
 
-class Station:
+class Station(ABC):
     """The charger's state and behaviour, whatever the connection does."""
 
     quirks: SimQuirks
@@ -102,17 +103,17 @@ class Station:
 
     # -- supplied by the connection side (SimOcppChargePoint) --
 
-    async def _call(self, payload: Any, *, before_boot: bool = False, **options: Any) -> Any:
-        raise NotImplementedError
+    @abstractmethod
+    async def _call(self, payload: Any, *, before_boot: bool = False, **options: Any) -> Any: ...
 
-    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
-        raise NotImplementedError
+    @abstractmethod
+    def _spawn(self, coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]: ...
 
-    async def _quietly(self, payload: Any, **options: Any) -> None:
-        raise NotImplementedError
+    @abstractmethod
+    async def _quietly(self, payload: Any, **options: Any) -> None: ...
 
-    def _reboot(self, reason: str) -> None:
-        raise NotImplementedError  # a power cycle that also drops the connection
+    @abstractmethod
+    def _reboot(self, reason: str) -> None: ...  # a power cycle that also drops the connection
 
     # -- transaction messages --
 
