@@ -99,6 +99,7 @@ class SimulatedSite:
         self._notify.bind("\0" + self._notify_address[1:])
         self._notify.settimeout(0.2)
         self._ready = threading.Event()  # READY=1 from the agent started last
+        self._closing = threading.Event()
         self._notify_reader = threading.Thread(target=self._read_notifications, daemon=True, name="sd-notify")
         self._notify_reader.start()
 
@@ -130,7 +131,7 @@ class SimulatedSite:
         for pair in [self.rtu_bus, *self.reader_ports.values()]:
             pair.close()
         self.broker.close()
-        self._notify_reader_stop = True
+        self._closing.set()
         self._notify_reader.join()
         self._notify.close()
 
@@ -215,10 +216,8 @@ readers:
             raise RuntimeError("NOTIFY_SOCKET is the test's own: wait for READY=1 there")
         return self._ready.wait(timeout)
 
-    _notify_reader_stop = False
-
     def _read_notifications(self) -> None:
-        while not self._notify_reader_stop:
+        while not self._closing.is_set():
             try:
                 message = self._notify.recv(4096)
             except TimeoutError:
